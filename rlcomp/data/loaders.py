@@ -1,0 +1,217 @@
+"""`DataSpec` (the `data:` block of a recipe) and `load_examples`, which turns it into `Example`s.
+
+Sources: a synthetic task, a known benchmark file format (gsm8k, math500, aime, amc) read from a local path,
+a generic .jsonl/.parquet file, or a Hugging Face dataset name (loaded only when used).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from rlcomp.data.synthetic import TASKS
+from rlcomp.sample import Example
+
+MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+# GSM8K's gold solutions end in `#### N`, which the gsm8k verifier reads; ask for the same (verl's wording).
+GSM8K_TEMPLATE = "{question}\nLet's think step by step and output the final answer after \"####\"."
+FORMATS = ("gsm8k", "math500", "aime", "amc")
+ALIASES = {"aime24": "aime", "aime25": "aime", "amc23": "amc"}  # the folder names under shared/data
+QUESTION_KEYS = ("question", "problem", "prompt", "input")
+ANSWER_KEYS = ("answer", "solution", "output")
+RESPONSE_KEYS = ("response", "solution", "completion")
+
+
+def file_format(dataset: str) -> str | None:
+    """The known file format a dataset name stands for, or None."""
+    name = ALIASES.get(dataset, dataset)
+    return name if name in FORMATS else None
+
+
+def verifier_for(data_source: str) -> str:
+    """Default verifier for an `Example.data_source`: a synthetic task checks itself, benchmarks use math/gsm8k."""
+    if data_source in TASKS:
+        return data_source
+    return "gsm8k" if file_format(data_source) == "gsm8k" else "math"
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    path: str | None = None
+    split: str = "train"
+    n: int | None = None
+    seed: int = 0
+    cot: Literal["verbose", "terse", "none"] = "verbose"
+    prompt_template: str | None = None
+    question_key: str | None = None
+    answer_key: str | None = None
+    response_key: str | None = None
+    options: dict = {}
+    verifier: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"data file not found: {v}")
+        return v
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_formats(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                v.format(question="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"prompt_template must be a format string using only {{question}} "
+                                 f"(write literal braces as {{{{ }}}}, e.g. \\boxed{{{{}}}}): {e!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _format_needs_path(self) -> DataSpec:
+        if file_format(self.dataset) and self.path is None:
+            raise ValueError(f"dataset {self.dataset!r} needs a local `path` to its .jsonl/.parquet file "
+                             f"(there is no hub access), e.g. path: ../shared/data/{self.dataset}/test.jsonl")
+        return self
+
+    def default_verifier(self) -> str:
+        return self.verifier or verifier_for(self.dataset)
+
+
+def load_examples(spec: DataSpec) -> list[Example]:
+    """The examples a spec describes, in a deterministic order (files: their own order, capped at n)."""
+    if spec.dataset in TASKS:
+        examples = TASKS[spec.dataset].generate(spec.n or 1000, spec.split, spec.seed, spec.cot, **spec.options)
+        if spec.prompt_template:
+            for e in examples:
+                e.prompt = spec.prompt_template.format(question=e.prompt)
+        return examples
+    if spec.path is None:
+        source, rows = spec.dataset, _hf_rows(spec)
+    else:
+        if spec.options:
+            raise ValueError(f"options {spec.options} are not used by file datasets")
+        source = _resolve(spec)
+        rows = _file_rows(source)
+    convert = _CONVERTERS.get(file_format(spec.dataset), _generic)
+    examples = []
+    for line, row in rows:
+        if spec.n is not None and len(examples) >= spec.n:
+            break
+        try:
+            examples.append(convert(spec, row, line))
+        except KeyError as e:
+            raise ValueError(f"{source}:{line}: missing key {e.args[0]!r}; keys present: {sorted(row)}") from None
+        except ValueError as e:
+            raise ValueError(f"{source}:{line}: {e}") from None
+    return examples
+
+
+def _resolve(spec: DataSpec) -> Path:
+    """A directory path holds one file per split (e.g. gsm8k/train.jsonl), so `split` picks it."""
+    path = Path(spec.path)
+    if path.is_dir():
+        for ext in (".jsonl", ".parquet"):
+            if (path / f"{spec.split}{ext}").exists():
+                return path / f"{spec.split}{ext}"
+        raise ValueError(f"no {spec.split}.jsonl or {spec.split}.parquet in {path}")
+    return path
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line or row number from 1, row) pairs of a .jsonl or .parquet file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        return
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+            yield line, row
+
+
+def _hf_rows(spec: DataSpec) -> Iterator[tuple[int, dict]]:
+    import datasets  # heavy, and only needed for hub names
+
+    ds = datasets.load_dataset(spec.dataset, split=spec.split, **spec.options)
+    return enumerate(ds, start=1)
+
+
+def _first_key(row: dict, override: str | None, candidates: tuple[str, ...]) -> str:
+    if override is not None:
+        if override not in row:
+            raise KeyError(override)
+        return override
+    for key in candidates:
+        if key in row:
+            return key
+    raise KeyError(" or ".join(candidates))
+
+
+def _answer_str(value: Any) -> str:
+    """Answers as strings: integral floats lose their `.0` (AMC stores 27.0) and zero-padding goes (AIME '025')."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return str(int(text)) if text.isascii() and text.isdigit() else text
+
+
+def _prompt(spec: DataSpec, question: str, default: str) -> str:
+    return (spec.prompt_template or default).format(question=question)
+
+
+def _extra(row: dict, used: set[str]) -> dict:
+    return {k: v for k, v in row.items() if k not in used}
+
+
+def _gsm8k(spec: DataSpec, row: dict, line: int) -> Example:
+    solution = row["answer"]
+    if "####" not in solution:
+        raise ValueError("answer has no '#### <number>' line")
+    body, final = solution.rsplit("####", 1)
+    # Drop the <<48/2=24>> calculator annotations: they are tool markup, not reasoning a model should imitate.
+    response = re.sub(r"<<[^>]*>>", "", body).rstrip() + f"\n#### {final.strip()}"
+    return Example(prompt=_prompt(spec, row["question"], GSM8K_TEMPLATE), answer=final.strip().replace(",", ""),
+                   response=response, id=str(row.get("id", f"{spec.dataset}-{line}")), data_source=spec.dataset,
+                   extra=_extra(row, {"question", "answer"}))
+
+
+def _math(spec: DataSpec, row: dict, line: int) -> Example:
+    """math500, aime and amc: a problem (or question), an answer and, when present, a worked solution."""
+    question = row[_first_key(row, spec.question_key, ("problem", "question"))]
+    answer = _answer_str(row["answer"])
+    solution = str(row.get("solution") or "")
+    # aime25's `solution` is only the answer again: not a response worth training on.
+    response = "" if _answer_str(solution) == answer else solution
+    rid = row.get("unique_id", row.get("id", f"{spec.dataset}-{line}"))
+    return Example(prompt=_prompt(spec, question, MATH_TEMPLATE), answer=answer, response=response, id=str(rid),
+                   data_source=spec.dataset, extra=_extra(row, {"problem", "question", "answer", "solution"}))
+
+
+def _generic(spec: DataSpec, row: dict, line: int) -> Example:
+    q = _first_key(row, spec.question_key, QUESTION_KEYS)
+    a = _first_key(row, spec.answer_key, ANSWER_KEYS)
+    answer = _answer_str(row[a])
+    if "####" in answer:  # a GSM8K-style solution: the answer is what follows ####
+        answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    r = spec.response_key or next((k for k in RESPONSE_KEYS if k in row and k != a), None)
+    response = str(row[r]) if r is not None else ""
+    return Example(prompt=_prompt(spec, str(row[q]), MATH_TEMPLATE), answer=answer, response=response,
+                   id=str(row.get("id", f"{spec.dataset}-{line}")), data_source=spec.dataset,
+                   extra=_extra(row, {q, a, r}))
+
+
+_CONVERTERS = {"gsm8k": _gsm8k, "math500": _math, "aime": _math, "amc": _math}

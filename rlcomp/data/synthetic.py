@@ -1,0 +1,202 @@
+"""Synthetic reasoning tasks whose chains of thought come in verbose, terse and answer-only forms.
+
+Every response is printable ASCII, steps separated by spaces, ending in `ans <answer>`. A verbose chain is how
+a long-CoT model over-thinks: an optional restatement, the needed steps, then 0-3 redundant re-checks. The
+probabilities are tilted so the most likely path is the longest one while the fully terse path keeps ~6% of
+the data (0.4 * 0.15): greedy decoding after SFT then gives long chains and RL has something to compress,
+yet the short path stays in the model's support.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from rlcomp.sample import Example
+
+COT_FORMS = ("verbose", "terse", "none")
+SPLITS = ("train", "test")
+P_RESTATE = 0.6
+CHECK_WEIGHTS = (0.15, 0.2, 0.25, 0.4)  # P(0, 1, 2, 3 redundant re-checks)
+TEST_PER_MILLE = 100  # ~10% of the problem space is held out for test
+MAX_FRUITLESS_DRAWS = 2000  # draws without a new problem before duplicates are allowed (small spaces)
+
+_ANS = re.compile(r"\bans\s+([^\s;]+)")
+
+
+def split_of(text: str) -> str:
+    """The split a problem belongs to, from a stable hash of its text (so train and test never overlap)."""
+    h = int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big")
+    return "test" if h % 1000 < TEST_PER_MILLE else "train"
+
+
+@dataclass
+class Problem:
+    text: str  # the bare problem, also the default prompt, e.g. "347+285="
+    answer: str
+    steps: list[str]  # the needed steps: the terse chain
+    restates: list[str]  # candidate restatements (verbose only)
+    checks: list[str]  # candidate redundant re-checks (verbose only); at least 3
+
+
+class Task:
+    """A synthetic task: subclasses draw a random `Problem`; rendering, splits and checking are shared."""
+
+    name = ""
+    defaults: dict = {}  # the task's keyword options and their default values
+
+    def draw(self, rng: random.Random, **options) -> Problem:
+        raise NotImplementedError
+
+    def render(self, problem: Problem, cot: str, rng: random.Random) -> str:
+        if cot not in COT_FORMS:
+            raise ValueError(f"cot must be one of {COT_FORMS}, got {cot!r}")
+        parts = []
+        if cot == "verbose" and rng.random() < P_RESTATE:
+            parts.append(rng.choice(problem.restates))
+        if cot != "none":
+            parts += problem.steps
+        if cot == "verbose":
+            k = rng.choices(range(len(CHECK_WEIGHTS)), weights=CHECK_WEIGHTS)[0]
+            parts += rng.sample(problem.checks, k)
+        parts.append(f"ans {problem.answer}")
+        return " ".join(parts)
+
+    def generate(self, n: int, split: str = "train", seed: int = 0, cot: str = "verbose", **options) -> list[Example]:
+        """n problems of `split`, deduplicated while the problem space allows; deterministic in the arguments."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} for synthetic tasks, got {split!r}")
+        if cot not in COT_FORMS:
+            raise ValueError(f"cot must be one of {COT_FORMS}, got {cot!r}")
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)} for task {self.name!r}; known: {sorted(self.defaults)}")
+        opts = {**self.defaults, **options}
+        rng = random.Random(f"{self.name}/{split}/{seed}")  # str seeds are stable across processes
+        examples: list[Example] = []
+        seen: set[str] = set()
+        fruitless, allow_dups = 0, False
+        while len(examples) < n:
+            p = self.draw(rng, **opts)
+            if split_of(p.text) != split or (p.text in seen and not allow_dups):
+                fruitless += 1
+                if fruitless > MAX_FRUITLESS_DRAWS:
+                    if not examples:
+                        raise ValueError(f"task {self.name!r} with options {opts} has no {split} problems")
+                    allow_dups = True  # the split is exhausted: repeat problems rather than loop forever
+                continue
+            fruitless = 0
+            seen.add(p.text)
+            examples.append(Example(
+                prompt=p.text, answer=p.answer, response=self.render(p, cot, rng),
+                id=f"{self.name}/{split}/{len(examples)}", data_source=self.name,
+                extra={"question": p.text, "n_steps": len(p.steps), "split": split},
+            ))
+        return examples
+
+    @staticmethod
+    def extract_answer(response: str) -> str | None:
+        """The answer after the last `ans`, or None when there is none."""
+        found = _ANS.findall(response)
+        return found[-1].strip() if found else None
+
+    def check(self, response: str, answer: str) -> bool:
+        return self.extract_answer(response) == str(answer).strip()
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    """A number with exactly `digits` digits (0-9 for one digit)."""
+    return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
+
+
+class Addition(Task):
+    """`347+285=` -> `s1 7+5=12 w2 c1; s2 4+8+1=13 w3 c1; s3 3+2+1=6 w6 c0; ans 632` (columns from the right)."""
+
+    name = "addition"
+    defaults = {"digits": 3}
+
+    def draw(self, rng, digits=3):
+        a, b = _number(rng, digits), _number(rng, digits)
+        total = a + b
+        steps, column_checks, carry = [], [], 0
+        for i in range(digits):
+            da, db = a // 10**i % 10, b // 10**i % 10
+            s = da + db + carry
+            expr = f"{da}+{db}" + (f"+{carry}" if carry else "") + f"={s}"
+            steps.append(f"s{i + 1} {expr} w{s % 10} c{s // 10};")
+            column_checks.append(f"chk {expr} ok;")
+            carry = s // 10
+        # The final carry needs no step: it becomes the answer's leading digit.
+        return Problem(
+            text=f"{a}+{b}=", answer=str(total), steps=steps,
+            restates=[f"add {a} and {b};", f"{a}+{b}=?;", f"sum {a} {b};"],
+            checks=column_checks + [f"chk {total}-{b}={a} ok;", f"chk {b}+{a}={total} ok;", f"so {a}+{b}={total};"],
+        )
+
+
+class Multiplication(Task):
+    """`47*86=` -> `p1 47*6=282; p2 47*80=3760; s1 282+3760=4042; ans 4042` (partial products, then running sums)."""
+
+    name = "multiplication"
+    defaults = {"digits": 2}
+
+    def draw(self, rng, digits=2):
+        a, b = _number(rng, digits), _number(rng, digits)
+        product = a * b
+        steps, partial_checks, partials = [], [], []
+        for i in range(digits):
+            d = b // 10**i % 10
+            factor = f"{d}" + "0" * i
+            partials.append(a * d * 10**i)
+            steps.append(f"p{i + 1} {a}*{factor}={partials[-1]};")
+            partial_checks.append(f"chk {factor}*{a}={partials[-1]} ok;")
+        acc = partials[0]
+        for i, p in enumerate(partials[1:]):
+            steps.append(f"s{i + 1} {acc}+{p}={acc + p};")
+            acc += p
+        return Problem(
+            text=f"{a}*{b}=", answer=str(product), steps=steps,
+            restates=[f"mul {a} by {b};", f"{a}*{b}=?;", f"{a} times {b};"],
+            checks=partial_checks + [f"chk {b}*{a}={product} ok;", f"so {a}*{b}={product};"]
+            + ([f"chk {product}/{b}={a} ok;"] if b else []),
+        )
+
+
+_LEFT = {"N": "W", "W": "S", "S": "E", "E": "N"}
+_RIGHT = {v: k for k, v in _LEFT.items()}
+_AROUND = {"N": "S", "S": "N", "E": "W", "W": "E"}
+_TURNS = {"L": _LEFT, "R": _RIGHT, "A": _AROUND}
+
+
+class Direction(Task):
+    """`N:L,R,A,L=` -> `s1 L N>W; s2 R W>N; s3 A N>S; s4 L S>E; ans E` (facing after Left/Right/Around turns)."""
+
+    name = "direction"
+    defaults = {"steps": None}  # number of actions; None draws 4-6
+
+    def draw(self, rng, steps=None):
+        n = steps if steps is not None else rng.randint(4, 6)
+        start = rng.choice("NESW")
+        actions = [rng.choice("LRA") for _ in range(n)]
+        face, chain, step_checks = start, [], []
+        for i, act in enumerate(actions):
+            new = _TURNS[act][face]
+            chain.append(f"s{i + 1} {act} {face}>{new};")
+            step_checks.append(f"chk {act} {face}>{new} ok;")
+            face = new
+        net = sum({"L": 3, "R": 1, "A": 2}[a] for a in actions) % 4  # quarter turns to the right
+        return Problem(
+            text=f"{start}:{','.join(actions)}=", answer=face, steps=chain,
+            restates=[f"face {start} do {n} turns;", f"start {start};", f"{start} then {''.join(actions)};"],
+            checks=step_checks + [f"chk net {net}R {start}>{face} ok;", f"so {start} ends {face};"],
+        )
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Multiplication(), Direction())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise KeyError(f"unknown synthetic task {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name]
