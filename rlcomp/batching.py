@@ -1,0 +1,72 @@
+"""Turning tokenized sequences into training micro-batches: padded, length-bucketed, or packed.
+
+A sequence is (token ids, number of prompt tokens); loss is taken on the completion only. Every
+micro-batch carries `targets` (next-token ids, -100 where no loss) and the step's global target count.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from rlcomp.losses import IGNORE
+
+Sequence = tuple[list[int], int]  # (ids, prompt_length)
+
+
+def tokenize_examples(tokenizer, examples, max_length: int) -> list[Sequence]:
+    """prompt + response + EOS for each example, truncated to max_length."""
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
+    return [((p + r + [tokenizer.eos_token_id])[:max_length], len(p)) for p, r in zip(prompts, responses)]
+
+
+def _targets(ids: list[int], prompt_len: int) -> list[int]:
+    # targets[t] is the token after position t; prompt tokens (and the final position) predict nothing.
+    return [IGNORE if t + 1 < prompt_len else tok for t, tok in enumerate(ids[1:])] + [IGNORE]
+
+
+def collate_padded(seqs: list[Sequence], pad_id: int) -> dict:
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id)
+    targets = torch.full((len(seqs), width), IGNORE)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(seqs):  # right padding: positions stay 0..len-1
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        targets[row, : len(ids)] = torch.tensor(_targets(ids, prompt_len))
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "targets": targets}
+
+
+def collate_packed(seqs: list[Sequence]) -> dict:
+    """All sequences in one row; position ids restart at each sequence, which transformers turns into a
+    block-diagonal causal mask (flash-attention varlen on GPU), so sequences do not attend to each other."""
+    ids = [tok for s, _ in seqs for tok in s]
+    targets = [t for s, p in seqs for t in _targets(s, p)]
+    positions = [i for s, _ in seqs for i in range(len(s))]
+    as_row = lambda xs: torch.tensor(xs).unsqueeze(0)  # noqa: E731
+    return {"input_ids": as_row(ids), "position_ids": as_row(positions), "targets": as_row(targets)}
+
+
+def step_batches(seqs: list[Sequence], batch_size: int, mode: str, rng: random.Random) -> list[list[Sequence]]:
+    """One epoch of optimizer steps, each `batch_size` sequences. `bucket` groups sequences of similar length
+    (sorted within windows of 50 steps, then the steps shuffled); `pad` and `pack` take them in random order."""
+    order = list(seqs)
+    rng.shuffle(order)
+    if mode == "bucket":
+        window = batch_size * 50
+        order = [s for i in range(0, len(order), window) for s in sorted(order[i : i + window], key=lambda s: len(s[0]))]
+    steps = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    if mode == "bucket":
+        rng.shuffle(steps)
+    return steps
+
+
+def micro_batches(step: list[Sequence], n: int, mode: str, pad_id: int) -> list[dict]:
+    """Split one step into n micro-batches (n >= the number of learner ranks)."""
+    parts = [step[i::n] for i in range(n)]
+    total_targets = sum(len(ids) - p for ids, p in step)  # each sequence predicts len - prompt_len tokens
+    batches = [collate_packed(p) if mode == "pack" else collate_padded(p, pad_id) for p in parts if p]
+    for b in batches:
+        b["step_target_tokens"] = total_targets
+    return batches

@@ -1,0 +1,33 @@
+"""The Ray cluster a run uses: an embedded local one by default, or an existing one via RAY_ADDRESS."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+# Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` / RAY_ADDRESS (as under `ray job submit`), else start a local cluster."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a stale token file would otherwise turn auth on
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+
+
+def device_for(gpus: float) -> str:
+    return "cuda" if gpus > 0 else "cpu"

@@ -1,0 +1,156 @@
+"""Recipes: YAML files validated by pydantic before anything starts, with dotted command-line overrides.
+
+A recipe is a list of named stages, each of a registered type (see `rlcomp/stages/`). Every stage's output
+model feeds the next stage unless the stage names its own `model`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe problem, reported to the user in one line naming the key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def check_model_path(value: str | None) -> str | None:
+    """Accept a Hugging Face hub id or an existing local model directory; reject a missing local path."""
+    if value is None:
+        return value
+    path = Path(value).expanduser()
+    looks_local = value.startswith((".", "/", "~")) or path.exists() or value.count("/") > 1
+    if looks_local and not (path / "config.json").is_file():
+        problem = "does not exist" if not path.exists() else "has no config.json"
+        raise ValueError(f"model path {value!r} {problem}")
+    return value
+
+
+class ClusterConfig(Strict):
+    address: str | None = None  # a Ray cluster to join; default: RAY_ADDRESS or an embedded local cluster
+    num_cpus: int | None = None  # for the embedded cluster (default: all cores)
+
+
+class LearnerConfig(Strict):
+    """How a stage's LearnerGroup is laid out: N Ray actors, one torch.distributed rank each, FSDP2-sharded."""
+
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    mixed_precision: str = Field("bf16", pattern="^(bf16|fp32)$")  # bf16 autocast; master weights stay fp32
+    gradient_checkpointing: bool = False
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up and cosine decay to `min_lr_ratio` of the peak (or a constant rate)."""
+
+    lr: float = Field(1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class StageConfig(Strict):
+    """Fields every stage has. Subclasses set `type` to a Literal and are registered in rlcomp/stages."""
+
+    name: str | None = None
+    model: str | None = None  # input model; default: the previous stage's output (or the recipe's `model`)
+
+    _check_model = field_validator("model")(classmethod(lambda cls, v: check_model_path(v)))
+
+
+def stage_union():
+    from rlcomp.stages import STAGES  # late import: stage modules import this file
+
+    configs = tuple(stage.Config for stage in STAGES.values())
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 (dynamic union)
+
+
+def build_recipe_model():
+    class Recipe(Strict):
+        model: str | None = None
+        seed: int = 0
+        output_dir: str | None = None
+        cluster: ClusterConfig = ClusterConfig()
+        stages: list[stage_union()] = Field(min_length=1)
+
+        _check_model = field_validator("model")(classmethod(lambda cls, v: check_model_path(v)))
+
+        @model_validator(mode="after")
+        def _name_stages(self):
+            seen = set()
+            for i, stage in enumerate(self.stages):
+                stage.name = stage.name or f"{i}_{stage.type}"
+                if stage.name in seen:
+                    raise ValueError(f"stage name {stage.name!r} is used twice")
+                seen.add(stage.name)
+            return self
+
+    return Recipe
+
+
+def _format_error(error: dict, raw: dict) -> str:
+    loc = list(error["loc"])
+    # Discriminated unions put the stage type into the location (stages.1.sft.lr): drop it.
+    if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int):
+        stage = (raw.get("stages") or [])[loc[1]] if isinstance(raw.get("stages"), list) else {}
+        if isinstance(stage, dict) and loc[2] == stage.get("type"):
+            del loc[2]
+    path = ".".join(str(part) for part in loc) or "recipe"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "missing required key"
+    return f"{path}: {message}"
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides; `stages.<name>.key` addresses a stage by name as well as by index."""
+    config = OmegaConf.create(raw)
+    names = [s.get("name") if isinstance(s, dict) else None for s in raw.get("stages") or []]
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {override!r}: expected key=value")
+        parts = key.split(".")
+        if len(parts) > 1 and parts[0] == "stages" and parts[1] in names:
+            parts[1] = str(names.index(parts[1]))
+        try:
+            OmegaConf.update(config, ".".join(parts), yaml.safe_load(text), merge=True, force_add=True)
+        except Exception as exc:  # omegaconf raises many kinds; the user needs the key
+            raise RecipeError(f"{key}: cannot apply override ({exc.__class__.__name__}: {exc})") from None
+    return OmegaConf.to_container(config)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()):
+    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping with a `stages` list")
+    return validate_recipe(apply_overrides(raw, list(overrides)), source=str(path))
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe"):
+    try:
+        return build_recipe_model().model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, raw) for e in exc.errors()]
+        more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
+        raise RecipeError(f"{source}: {lines[0]}{more}") from None

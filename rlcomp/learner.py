@@ -1,0 +1,198 @@
+"""LearnerGroup: N Ray actors forming one torch.distributed group, the model sharded with FSDP2.
+
+The group knows nothing about algorithms: `train_step` takes micro-batches of tensors and the name of a
+registered loss (rlcomp/losses). SFT, DPO, distillation and the RL policy losses all run through it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+
+from rlcomp.config import LearnerConfig, OptimConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based)."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place, so readers never see a half-written one."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class LearnerWorker:
+    """One rank: holds its FSDP2 shard of the model and its optimizer state. A plain class made a Ray actor
+    where it is started (`ray.remote(LearnerWorker)`), so Ray pickles its methods by reference."""
+
+    def __init__(self, rank: int, world_size: int, learner: LearnerConfig):
+        self.rank, self.world_size, self.cfg = rank, world_size, learner
+        self.device = torch.device("cuda" if learner.gpus_per_worker > 0 else "cpu")
+        torch.set_num_threads(max(1, int(learner.cpus_per_worker)))
+        torch.set_flush_denormal(True)  # denormal floats make CPU math many times slower as weights decay
+
+    def master_address(self) -> tuple[str, int]:
+        with socket.socket() as s:  # a free port on this (rank 0's) node
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, address: str, port: int, model_path: str, optim: OptimConfig, total_steps: int, seed: int):
+        from transformers import AutoModelForCausalLM
+
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
+                                world_size=self.world_size)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
+            fully_shard(layer)
+        fully_shard(model)
+        self.model, self.config = model, model.config
+        self.optim, self.total_steps, self.step = optim, total_steps, 0
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+                                           weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, optim, total_steps))
+
+    def _autocast(self):
+        enabled = self.cfg.mixed_precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        inputs = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        with self._autocast():
+            return self.model(**inputs, use_cache=False).logits.float()
+
+    def train_step(self, micro_batches: list[Batch], loss_name: str, loss_kwargs: dict) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches. Losses are normalised by global counts that the
+        driver puts in each batch, so the sum over ranks and micro-batches is the loss of the whole step."""
+        from rlcomp.losses import LOSSES
+
+        loss_fn = LOSSES[loss_name]
+        self.model.train()
+        totals: dict[str, float] = {}
+        for batch in micro_batches:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss, metrics = loss_fn(self._forward(batch), batch, **loss_kwargs)
+            (loss * self.world_size).backward()  # FSDP averages gradients over ranks; we want their sum
+            for k, v in {"loss": loss.item(), **metrics}.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        if self.optim.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+            totals["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) / self.world_size
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals["lr"] = self.scheduler.get_last_lr()[0] / self.world_size
+        self.scheduler.step()
+        self.step += 1
+        summed = torch.tensor(list(totals.values()), dtype=torch.float64)
+        dist.all_reduce(summed)  # gloo has no AVG: metrics are normalised globally, so a sum is right
+        return dict(zip(totals, summed.tolist()))
+
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        self.model.eval()
+        return self._forward(batch).cpu()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Gather the unsharded weights (a collective: every rank calls it); rank 0 returns them."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.model, options=options)
+        return state if self.rank == 0 else None
+
+    def save_model(self, path: str, tokenizer_source: str) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return
+        final = Path(path)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(self.config)
+        plain.load_state_dict(state, assign=True)
+        plain.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
+        generation_config = Path(tokenizer_source) / "generation_config.json"
+        if generation_config.is_file():
+            shutil.copy(generation_config, tmp / "generation_config.json")
+        atomic_replace_dir(tmp, final)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class LearnerGroup:
+    """Driver-side handle: places the ranks, splits each step's micro-batches among them, gathers results."""
+
+    def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig, total_steps: int, seed: int = 0):
+        n = learner.num_workers
+        bundle = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})}
+        self.placement_group = placement_group([bundle] * n, strategy="PACK")
+        ray.get(self.placement_group.ready())
+        self.model_path = str(model_path)
+        self.workers = [
+            ray.remote(LearnerWorker).options(
+                num_cpus=learner.cpus_per_worker,
+                num_gpus=learner.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
+            ).remote(i, n, learner)
+            for i in range(n)
+        ]
+        address, port = ray.get(self.workers[0].master_address.remote())
+        ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed) for w in self.workers])
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def train_step(self, micro_batches: list[Batch], loss: str, **loss_kwargs) -> dict[str, float]:
+        """Deal micro-batches round-robin to the ranks (every rank needs at least one) and take one step."""
+        if len(micro_batches) < self.world_size:
+            raise ValueError(f"{len(micro_batches)} micro-batches for {self.world_size} learner ranks")
+        shares = [micro_batches[i :: self.world_size] for i in range(self.world_size)]
+        results = ray.get([w.train_step.remote(s, loss, loss_kwargs) for w, s in zip(self.workers, shares)])
+        return results[0]
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return ray.get([w.logits.remote(batch) for w in self.workers])[0]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return ray.get([w.full_state_dict.remote() for w in self.workers])[0]
+
+    def save_model(self, path: str | Path) -> Path:
+        ray.get([w.save_model.remote(str(path), self.model_path) for w in self.workers])
+        return Path(path)
+
+    def shutdown(self) -> None:
+        ray.get([w.shutdown.remote() for w in self.workers])
+        for w in self.workers:
+            ray.kill(w)
+        remove_placement_group(self.placement_group)

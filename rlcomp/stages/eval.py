@@ -1,0 +1,90 @@
+"""Stage `eval`: generate for a held-out set with rollout workers, score with the dataset's verifier, and
+report accuracy, mean response tokens and n."""
+from __future__ import annotations
+
+from typing import Literal
+
+import ray
+from pydantic import Field
+
+from rlcomp.config import StageConfig
+from rlcomp.data import TASKS, DataSpec, load_examples
+from rlcomp.report import console, progress
+from rlcomp.rollout import RolloutWorker, SamplingParams
+
+
+class Config(StageConfig):
+    type: Literal["eval"] = "eval"
+    data: DataSpec
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, gt=0)  # samples per prompt (accuracy is averaged over them)
+    workers: int = Field(1, gt=0)  # rollout workers, one CPU (or GPU) each
+    gpus_per_worker: float = Field(0, ge=0)
+    batch_size: int = Field(128, gt=0)
+    engine: Literal["hf"] = "hf"
+    verifier: str | None = None  # default: the dataset's (a synthetic task's checker, gsm8k, math)
+
+
+def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[float]:
+    if verifier in TASKS:  # the synthetic checkers are exact string matches: no need for a process pool
+        task = TASKS[verifier]
+        return [float(task.check(r, g)) for r, g in zip(responses, golds)]
+    from rlcomp.rewards import verify
+
+    return verify(verifier, responses, golds)
+
+
+def evaluate(model: str, cfg: Config) -> tuple[dict, list]:
+    examples = load_examples(cfg.data)
+    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                            batch_size=cfg.batch_size)
+    device = "cuda" if cfg.gpus_per_worker else "cpu"
+    workers = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=cfg.gpus_per_worker).remote(model, cfg.engine, device)
+               for _ in range(cfg.workers)]
+    chunk = max(1, min(cfg.batch_size, -(-len(examples) // cfg.workers)))
+    pending = {}
+    for i, start in enumerate(range(0, len(examples), chunk)):
+        ref = workers[i % len(workers)].generate.remote(examples[start : start + chunk], params)
+        pending[ref] = start
+    groups: list = [None] * len(examples)
+    with progress() as bar:
+        task = bar.add_task("eval", total=len(examples), info="")
+        while pending:
+            [ref], _ = ray.wait(list(pending))
+            start = pending.pop(ref)
+            done = ray.get(ref)
+            groups[start : start + len(done)] = done
+            bar.advance(task, len(done))
+    for w in workers:
+        ray.kill(w)
+    samples = [s for g in groups for s in g]
+    verifier = cfg.verifier or cfg.data.default_verifier()
+    scores = correctness(verifier, [s.response for s in samples], [s.answer for s in samples])
+    result = {
+        "dataset": cfg.data.dataset,
+        "split": cfg.data.split,
+        "n": len(examples),
+        "samples": len(samples),
+        "accuracy": sum(scores) / len(samples),
+        "mean_response_tokens": sum(s.length for s in samples) / len(samples),
+        "finished_fraction": sum(s.finished for s in samples) / len(samples),
+        "temperature": cfg.temperature,
+    }
+    return result, samples
+
+
+def run(cfg: Config, run, model: str | None) -> None:
+    if model is None:
+        raise ValueError(f"stage {run.stage}: no model to evaluate")
+    result, samples = evaluate(model, cfg)
+    result["model"] = model
+    run.record_eval(result)
+    with open(run.stage_dir() / "samples.jsonl", "w") as f:
+        import json
+
+        for s in samples[:1000]:
+            f.write(json.dumps({"prompt": s.prompt, "response": s.response, "answer": s.answer}) + "\n")
+    console.print(f"eval {cfg.data.dataset}: accuracy {result['accuracy']:.3f} on n={result['n']}, "
+                  f"mean response tokens {result['mean_response_tokens']:.1f}")

@@ -1,0 +1,67 @@
+"""Stage `sft`: supervised fine-tuning on a dataset's gold responses, on the FSDP2 LearnerGroup."""
+from __future__ import annotations
+
+import random
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from rlcomp.batching import micro_batches, step_batches, tokenize_examples
+from rlcomp.config import LearnerConfig, OptimConfig, StageConfig
+from rlcomp.data import DataSpec, load_examples
+from rlcomp.learner import LearnerGroup
+from rlcomp.models import load_tokenizer
+from rlcomp.report import console, progress
+
+
+class Config(StageConfig):
+    type: Literal["sft"] = "sft"
+    data: DataSpec
+    batch_size: int = Field(32, gt=0)  # sequences per optimizer step
+    micro_batches: int | None = Field(None, gt=0)  # per step, over all ranks; default one per rank
+    max_steps: int | None = Field(None, gt=0)  # default: epochs x steps per epoch
+    epochs: float = Field(1.0, gt=0)
+    max_length: int = Field(1024, gt=0)
+    batching: Literal["bucket", "pack", "pad"] = "bucket"
+    optim: OptimConfig = OptimConfig(lr=1e-5)
+    learner: LearnerConfig = LearnerConfig()
+    save_every: int | None = Field(None, gt=0)  # steps between checkpoints of the model (HF format)
+    log_every: int = Field(10, gt=0)
+
+
+def run(cfg: Config, run, model: str | None) -> str:
+    if model is None:
+        raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a make_model stage first)")
+    tokenizer = load_tokenizer(model)
+    sequences = tokenize_examples(tokenizer, load_examples(cfg.data), cfg.max_length)
+    rng = random.Random(run.seed)
+    steps_per_epoch = len(sequences) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"stage {run.stage}: {len(sequences)} examples are fewer than batch_size {cfg.batch_size}")
+    total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    group = LearnerGroup(model, cfg.learner, cfg.optim, total_steps=total, seed=run.seed)
+    n_micro = max(cfg.micro_batches or 0, group.world_size)
+    output = run.stage_dir() / "model"
+    epoch_steps: list = []
+    tokens, started = 0, time.time()
+    with progress() as bar:
+        task = bar.add_task(f"sft {run.stage}", total=total, info="")
+        for step in range(total):
+            if not epoch_steps:
+                epoch_steps = step_batches(sequences, cfg.batch_size, cfg.batching, rng)
+            batch = epoch_steps.pop()
+            metrics = group.train_step(micro_batches(batch, n_micro, cfg.batching, tokenizer.pad_token_id), "sft")
+            tokens += sum(len(ids) for ids, _ in batch)
+            metrics["tokens_per_s"] = tokens / (time.time() - started)
+            if step % cfg.log_every == 0 or step == total - 1:
+                run.log(metrics, step)
+                bar.update(task, info=f"loss {metrics['loss']:.3f} tok/s {metrics['tokens_per_s']:.0f}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                group.save_model(output)
+            bar.advance(task)
+    group.save_model(output)
+    group.shutdown()
+    console.print(f"sft: {total} steps, {tokens} tokens, {tokens / (time.time() - started):.0f} tokens/s, "
+                  f"final loss {metrics['loss']:.4f}")
+    return str(output)
