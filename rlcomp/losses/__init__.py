@@ -32,3 +32,6 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 from rlcomp.losses import sft  # noqa: E402,F401  (registers)
+from rlcomp.losses import ppo  # noqa: E402,F401
+from rlcomp.losses import grpo  # noqa: E402,F401
+from rlcomp.losses import o1_pruner  # noqa: E402,F401
