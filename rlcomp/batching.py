@@ -70,3 +70,39 @@ def micro_batches(step: list[Sequence], n: int, mode: str, pad_id: int) -> list[
     for b in batches:
         b["step_target_tokens"] = total_targets
     return batches
+
+
+def sample_sequences(samples) -> list[Sequence]:
+    return [(s.prompt_ids + s.response_ids, len(s.prompt_ids)) for s in samples]
+
+
+def rl_micro_batches(samples, n: int, pad_id: int, per_token: dict[str, list], **scalars) -> list[dict]:
+    """Policy/critic micro-batches from samples. `per_token[key][i]` is a list of floats for sample i's response
+    tokens (or one float, broadcast over them); each lands where the logits predict those tokens."""
+    order = list(range(len(samples)))
+    parts = [order[i::n] for i in range(n)]
+    batches = []
+    for part in parts:
+        seqs = sample_sequences([samples[i] for i in part])
+        batch = collate_padded(seqs, pad_id)
+        width = batch["input_ids"].shape[1]
+        for key, rows in per_token.items():
+            values = torch.zeros(len(part), width)
+            for row, i in enumerate(part):
+                start, length = len(samples[i].prompt_ids) - 1, len(samples[i].response_ids)
+                values[row, start : start + length] = torch.as_tensor(rows[i], dtype=torch.float32)
+            batch[key] = values
+        batch.update(scalars)
+        batch["sample_index"] = torch.tensor(part)
+        batches.append(batch)
+    return batches
+
+
+def response_values(batches: list[dict], outputs: list[torch.Tensor], samples) -> list[list[float]]:
+    """The inverse of rl_micro_batches for one [B, T] output per batch: per-sample lists over response tokens."""
+    result: list = [None] * len(samples)
+    for batch, out in zip(batches, outputs):
+        for row, i in enumerate(batch["sample_index"].tolist()):
+            start, length = len(samples[i].prompt_ids) - 1, len(samples[i].response_ids)
+            result[i] = out[row, start : start + length].tolist()
+    return result

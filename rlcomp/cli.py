@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rlcomp.config import RecipeError
 
@@ -11,8 +12,10 @@ def _run(args) -> int:
     from rlcomp.config import load_recipe
     from rlcomp.pipeline import run_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    run_recipe(recipe, args.output_dir)
+    recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
+    if args.resume and args.output_dir and Path(args.resume) != Path(args.output_dir):
+        raise RecipeError("--resume DIR continues the run in DIR: do not also give a different --output-dir")
+    run_recipe(recipe, args.resume or args.output_dir, resume=bool(args.resume))
     return 0
 
 
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="recipe YAML file")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of recipe keys")
     run.add_argument("--output-dir", help="where the run writes (default: the recipe's output_dir or runs/<time>)")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR from its last checkpoint")
+    run.add_argument("--smoke", action="store_true",
+                     help="run the recipe end to end on the embedded tiny model and synthetic data, in minutes")
     run.set_defaults(func=_run)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset",

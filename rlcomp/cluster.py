@@ -21,7 +21,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
+            # Logical CPUs for scheduling. Rollout workers, learners and the reward service take turns on a
+            # laptop's few cores (rollout, reward and training alternate), so advertise at least 8.
+            num_cpus=num_cpus or max(8, os.cpu_count() or 1),
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             runtime_env=runtime_env,

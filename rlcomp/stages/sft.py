@@ -45,8 +45,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     output = run.stage_dir() / "model"
     epoch_steps: list = []
     tokens, started = 0, time.time()
-    with progress() as bar:
-        task = bar.add_task(f"sft {run.stage}", total=total, info="")
+    with progress(f"sft {run.stage}", total) as bar:
         for step in range(total):
             if not epoch_steps:
                 epoch_steps = step_batches(sequences, cfg.batch_size, cfg.batching, rng)
@@ -56,10 +55,9 @@ def run(cfg: Config, run, model: str | None) -> str:
             metrics["tokens_per_s"] = tokens / (time.time() - started)
             if step % cfg.log_every == 0 or step == total - 1:
                 run.log(metrics, step)
-                bar.update(task, info=f"loss {metrics['loss']:.3f} tok/s {metrics['tokens_per_s']:.0f}")
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 group.save_model(output)
-            bar.advance(task)
+            bar.advance(info=f"loss {metrics['loss']:.3f} tok/s {metrics['tokens_per_s']:.0f}")
     group.save_model(output)
     group.shutdown()
     console.print(f"sft: {total} steps, {tokens} tokens, {tokens / (time.time() - started):.0f} tokens/s, "
