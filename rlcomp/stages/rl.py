@@ -4,6 +4,7 @@ rollout workers -> reward service -> advantages -> FSDP2 learner step -> weight 
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import replace
@@ -20,7 +21,7 @@ from rlcomp.config import check_engine, LearnerConfig, OptimConfig, StageConfig,
 from rlcomp.data import DataSpec, load_examples
 from rlcomp.learner import LearnerGroup
 from rlcomp.losses.kl import kl_penalty_in_reward
-from rlcomp.report import console, progress
+from rlcomp.report import console, progress, write_jsonl
 from rlcomp.rewards import ReferenceTable, RewardSpec, start_reward_service
 from rlcomp.rollout import RolloutGroup, SamplingParams
 
@@ -88,6 +89,23 @@ class Config(StageConfig):
     log_every: int = Field(1, gt=0)
 
 
+class StepHistory:
+    """steps.jsonl: one line per step (its prompts and metrics), for analysis and for checking resumed runs."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def truncate(self, step: int) -> None:
+        """Forget steps after the checkpoint a run resumes from (they will be run again)."""
+        if self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            write_jsonl(self.path, (r for r in rows if r["step"] <= step))
+
+
 def prompt_order(n: int, seed: int):
     """Position p of the data stream -> example index: a fresh seeded shuffle every epoch (resumable by p)."""
     cache: dict[int, list[int]] = {}
@@ -120,10 +138,12 @@ def run(cfg: Config, run, model: str | None) -> str:
     if uses_o1:
         ray.get(rewards.set_reference.remote(reference_table(cfg, rollout, rewards, examples, stage_dir)))
     order, step, position = prompt_order(len(examples), run.seed), 0, 0
+    history = StepHistory(stage_dir / "steps.jsonl")
     if run.resume and (checkpoint := latest_checkpoint(stage_dir)):
         step, position = load_state(checkpoint, policy, critic)
         if cfg.algorithm != "o1_pruner":
             rollout.load_weights(ray.put(policy.state_dict()))
+        history.truncate(step)
         console.print(f"resumed from {checkpoint} at step {step}")
     with progress(f"rl {run.stage} ({cfg.algorithm})", cfg.max_steps) as bar:
         bar.advance(step)
@@ -142,6 +162,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             times["sync"] = time.time()
             step += 1
             metrics.update(step_metrics(groups, times))
+            history.append({"step": step, "prompts": [p.id for p in prompts], **metrics})
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 run.log(metrics, step)
             bar.advance(info=f"reward {metrics['reward/total']:.3f} acc {metrics['accuracy']:.3f} "
