@@ -65,12 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir")
     ev.set_defaults(func=_eval)
 
-    try:
-        from rlcomp.rewards.score_cli import add_parser as add_score_parser
-    except ImportError:
-        pass
-    else:
-        add_score_parser(sub)
+    from rlcomp.rewards import score_cli
+
+    score_cli.add_parser(sub)
     return parser
 
 
