@@ -8,15 +8,19 @@ killed worker takes milliseconds, and nothing is forked from a multi-threaded pr
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import resource
 import time
 from collections import deque
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Iterable, NamedTuple
 
 DEFAULT_MEMORY_LIMIT_MB = 4096  # per worker: a power tower must fail with MemoryError, not take the machine
+PREFETCH_ITEMS = 4  # items a busy worker may have waiting in its pipe, so it never idles between items
+PREFETCH_BYTES = 8 * 1024  # ... each at most this big (pickled), so that they all fit in the pipe's buffer
 
 
 class Outcome(NamedTuple):
@@ -37,6 +41,9 @@ def _serve(conn, fn: Callable, memory_limit_mb: int | None) -> None:
     if memory_limit_mb:
         limit = memory_limit_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # The inherited heap (all of rlcomp's imports) is never garbage: keep the collector from walking it again
+    # and again (sympy allocates a lot), and from touching its shared copy-on-write pages.
+    gc.freeze()
     while True:
         try:
             args = conn.recv()
@@ -58,6 +65,8 @@ class _Worker:
         self.process = ctx.Process(target=_serve, args=(child_conn, fn, memory_limit_mb), daemon=True)
         self.process.start()
         child_conn.close()  # so the worker's death shows up here as EOF
+        self.sent: deque[tuple[int, bytes]] = deque()  # items sent and not answered; the oldest is running
+        self.started = 0.0  # when the oldest started, as far as this side can tell
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -86,63 +95,67 @@ class WorkerPool:
         # started its forkserver yet. As with any spawn/forkserver start, a script needs the
         # `if __name__ == "__main__":` guard.
         self._ctx.set_forkserver_preload(["__main__", fn.__module__])
-        self._idle: list[_Worker] = []
-
-    def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self.fn, self.memory_limit_mb)
+        self._workers: list[_Worker] = []
 
     def map(self, items: Iterable[tuple], on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
         """Run `fn(*args)` for every args tuple; `on_done(index, outcome)` is called as each item finishes."""
-        todo = deque(enumerate(items))
+        todo = deque((index, ForkingPickler.dumps(args)) for index, args in enumerate(items))
         results: list[Outcome | None] = [None] * len(todo)
-        while len(self._idle) < min(self.size, len(todo)):
-            self._idle.append(self._new_worker())
-        busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item index, deadline)
+        while len(self._workers) < min(self.size, len(todo)):
+            self._workers.append(_Worker(self._ctx, self.fn, self.memory_limit_mb))
 
-        def finish(worker: _Worker, index: int, outcome: Outcome, healthy: bool) -> None:
-            busy.pop(worker, None)
-            if not healthy:
-                worker.stop(kill=True)
-                worker = self._new_worker()
-            self._idle.append(worker)
+        def settle(worker: _Worker, outcome: Outcome) -> None:
+            index, _ = worker.sent.popleft()
+            worker.started = time.monotonic()  # the queued item, if any, runs now
             results[index] = outcome
             if on_done:
                 on_done(index, outcome)
 
-        while todo or busy:
-            while self._idle and todo:
-                worker = self._idle.pop()
-                index, args = todo.popleft()
-                try:
-                    worker.conn.send(args)
-                except OSError:  # the worker died while idle: replace it and retry the item
-                    worker.stop(kill=True)
-                    self._idle.append(self._new_worker())
-                    todo.appendleft((index, args))
-                    continue
-                busy[worker] = (index, time.monotonic() + self.timeout)
-            if not busy:
+        def replace(worker: _Worker) -> None:
+            todo.extendleft(reversed(worker.sent))  # items queued behind the failed one are retried
+            worker.stop(kill=True)
+            self._workers[self._workers.index(worker)] = _Worker(self._ctx, self.fn, self.memory_limit_mb)
+
+        while todo or any(w.sent for w in self._workers):
+            for worker in list(self._workers):
+                # One item running and small ones queued behind it: the worker need not wait for this process
+                # between items. A big item is never queued: sending it would block here until the worker is
+                # free, perhaps for good if the running item hangs.
+                while todo and (not worker.sent or (len(worker.sent) <= PREFETCH_ITEMS
+                                                    and len(todo[0][1]) <= PREFETCH_BYTES)):
+                    item = todo.popleft()
+                    try:
+                        worker.conn.send_bytes(item[1])
+                    except OSError:  # the worker died while idle: retry the item on a new one
+                        todo.appendleft(item)
+                        replace(worker)
+                        break
+                    if not worker.sent:
+                        worker.started = time.monotonic()
+                    worker.sent.append(item)
+            busy = [w for w in self._workers if w.sent]
+            if not busy:  # every send failed: new workers get the items on the next round
                 continue
             waits = {w.conn: w for w in busy} | {w.process.sentinel: w for w in busy}
-            next_deadline = min(deadline for _, deadline in busy.values())
-            ready = wait(list(waits), timeout=max(0.0, next_deadline - time.monotonic()))
-            answered = {waits[r] for r in ready}
-            now = time.monotonic()
-            for worker, (index, deadline) in list(busy.items()):
+            next_deadline = min(w.started for w in busy) + self.timeout
+            answered = {waits[r] for r in wait(list(waits), timeout=max(0.0, next_deadline - time.monotonic()))}
+            for worker in busy:
                 if worker in answered:
                     try:
                         status, value, message = worker.conn.recv()
-                        finish(worker, index, Outcome(value, status, message), healthy=True)
                     except (EOFError, OSError):
-                        code = worker.process.exitcode
-                        finish(worker, index, Outcome(None, "crashed", f"worker exit code {code}"), healthy=False)
-                elif now >= deadline:
-                    finish(worker, index, Outcome(None, "timeout", f"over {self.timeout:g} s"), healthy=False)
+                        settle(worker, Outcome(None, "crashed", f"worker exit code {worker.process.exitcode}"))
+                        replace(worker)
+                    else:
+                        settle(worker, Outcome(value, status, message))
+                elif time.monotonic() >= worker.started + self.timeout:
+                    settle(worker, Outcome(None, "timeout", f"over {self.timeout:g} s"))
+                    replace(worker)
         return results
 
     def close(self) -> None:
-        while self._idle:
-            self._idle.pop().stop()
+        while self._workers:
+            self._workers.pop().stop()
 
     def __enter__(self) -> WorkerPool:
         return self
