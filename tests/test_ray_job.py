@@ -1,0 +1,74 @@
+"""Ray job submission: `ray job submit --working-dir . -- rlcomp run RECIPE` against a `ray start --head` cluster
+(the recipe's driver runs on the cluster, with RAY_ADDRESS set by Ray, and joins it)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of its own (own temp dir, ports, process group), stopped by its process group, never
+    `ray stop` (which stops every Ray on the machine)."""
+    temp = Path(tempfile.mkdtemp(prefix="rlcomp-rj-", dir="/tmp"))
+    dashboard = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    env.pop("RAY_ADDRESS", None)
+    log = (temp / "head.log").open("w")
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={free_port()}", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--min-worker-port=0",
+         "--max-worker-port=0", "--disable-usage-stats", "--log-color=false"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in (temp / "head.log").read_text():
+            assert head.poll() is None and time.time() < deadline, (temp / "head.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # whatever Ray's own shutdown left
+        except ProcessLookupError:
+            pass
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_ray_job_submit_runs_a_recipe(ray_head, tmp_path):
+    address, env = ray_head
+    out = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+         "rlcomp", "run", "recipes/slurm_smoke.yaml", "--output-dir", str(tmp_path / "run")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "Connecting to existing Ray cluster" in out.stdout  # the driver joined this cluster
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["evals"][0]["n"] == 50
