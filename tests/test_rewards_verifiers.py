@@ -46,6 +46,7 @@ def test_answer_phrases_and_last_number():
     ("The answer is 3.", "3", 1.0),
     ("It is 17 in the end", "17", 1.0),  # last-number fallback
     (r"\boxed{4}", "3", 0.0),
+    (r"\boxed{.5}", "5", 0.0),  # a leading period is no punctuation to strip
     ("", "3", 0.0),
 ])
 def test_math_verifier(response, gold, expected):

@@ -98,7 +98,7 @@ def to_number(text: str | None) -> Fraction | None:
 
 
 def _normalize(answer: str) -> str:
-    return re.sub(r"\s+", "", answer).strip("$.")
+    return re.sub(r"\s+", "", answer).strip("$").rstrip(".")  # a final period, never a leading one (".5")
 
 
 def math_verifier(response: str, gold: str, box: str = "last", phrases: bool = True,
@@ -117,7 +117,7 @@ def math_verifier(response: str, gold: str, box: str = "last", phrases: bool = T
 
 def after_hashes(text: str) -> str | None:
     """What follows the last `####` (GSM8K's answer marker), or None."""
-    head, sep, tail = text.rpartition("####")
+    _, sep, tail = text.rpartition("####")
     return tail.strip() if sep else None
 
 
