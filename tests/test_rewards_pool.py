@@ -32,6 +32,15 @@ def test_pool_recovers_and_is_reused_across_calls():
         assert pool.map([]) == []
 
 
+def test_a_small_batch_is_spread_over_the_workers():
+    with WorkerPool(run_verifier, workers=2, timeout=5) as pool:
+        pool.map([(HOSTILE, "warm", "up", {})] * 2)
+        start = time.monotonic()
+        outcomes = pool.map([(HOSTILE, "sleep 0.6", "x", {})] * 2)
+        assert [o.status for o in outcomes] == ["ok", "ok"]
+        assert time.monotonic() - start < 1.1  # side by side, not one queued behind the other
+
+
 def pathological() -> list[str]:
     return [
         r"\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",  # braces nested thousands deep

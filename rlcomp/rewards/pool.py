@@ -117,25 +117,24 @@ class WorkerPool:
             self._workers[self._workers.index(worker)] = _Worker(self._ctx, self.fn, self.memory_limit_mb)
 
         while todo or any(w.sent for w in self._workers):
-            for worker in list(self._workers):
-                # One item running and small ones queued behind it: the worker need not wait for this process
-                # between items. A big item is never queued: sending it would block here until the worker is
-                # free, perhaps for good if the running item hangs.
-                while todo and (not worker.sent or (len(worker.sent) <= PREFETCH_ITEMS
-                                                    and len(todo[0][1]) <= PREFETCH_BYTES)):
-                    item = todo.popleft()
-                    try:
-                        worker.conn.send_bytes(item[1])
-                    except OSError:  # the worker died while idle: retry the item on a new one
-                        todo.appendleft(item)
-                        replace(worker)
-                        break
-                    if not worker.sent:
-                        worker.started = time.monotonic()
-                    worker.sent.append(item)
+            # Each item goes to the least loaded worker. One item runs and small ones may queue behind it, so a
+            # worker need not wait for this process between items. A big item never queues: sending it would
+            # block here until the worker is free, perhaps for good if the running item hangs.
+            while todo:
+                worker = min(self._workers, key=lambda w: len(w.sent))
+                if worker.sent and (len(worker.sent) > PREFETCH_ITEMS or len(todo[0][1]) > PREFETCH_BYTES):
+                    break
+                item = todo.popleft()
+                try:
+                    worker.conn.send_bytes(item[1])
+                except OSError:  # the worker died while idle: retry the item on a new one
+                    todo.appendleft(item)
+                    replace(worker)
+                    continue
+                if not worker.sent:
+                    worker.started = time.monotonic()
+                worker.sent.append(item)
             busy = [w for w in self._workers if w.sent]
-            if not busy:  # every send failed: new workers get the items on the next round
-                continue
             waits = {w.conn: w for w in busy} | {w.process.sentinel: w for w in busy}
             next_deadline = min(w.started for w in busy) + self.timeout
             answered = {waits[r] for r in wait(list(waits), timeout=max(0.0, next_deadline - time.monotonic()))}
