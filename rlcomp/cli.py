@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir")
     ev.set_defaults(func=_eval)
 
+    from rlcomp import launch
     from rlcomp.rewards import score_cli
 
     score_cli.add_parser(sub)
+    launch.add_parser(sub)
     return parser
 
 
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after options (`run R.yaml --output-dir D a.b=1`): argparse leaves those unparsed.
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+    extra = [x for x in extra if x != "--"]  # `launch slurm RECIPE --nodes 2 -- key=value`
+    if extra and (args.command not in ("run", "launch") or any(x.startswith("-") or "=" not in x for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra

@@ -7,7 +7,7 @@ import ray
 
 
 # Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings.
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -181,7 +181,14 @@ class RolloutGroup:
         self.workers = [actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i)
                         for i in range(workers)]
         self.engine = engine
-        self.pad_token_id = ray.get(self.workers[0].pad_token_id.remote())
+        from rlcomp.learner import PLACEMENT_TIMEOUT_S
+
+        try:  # an actor that cannot be scheduled would otherwise wait forever
+            self.pad_token_id = ray.get(self.workers[0].pad_token_id.remote(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(f"rollout workers ({workers} x {cpus_per_worker} CPU, {gpus_per_worker} GPU) did not "
+                               f"start within {PLACEMENT_TIMEOUT_S}s; free: {ray.available_resources()}") from None
 
     def generate(self, examples: list[Example], params: SamplingParams, chunk: int | None = None,
                  on_done=None) -> list[list[Sample]]:

@@ -36,14 +36,13 @@ def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[f
     return verify(verifier, responses, golds)
 
 
-def evaluate(model: str, cfg: Config) -> tuple[dict, list]:
+def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
+    """Generate for cfg.data with the given rollout workers and score the responses."""
     examples = load_examples(cfg.data)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             batch_size=cfg.batch_size)
-    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker)
     with progress(f"eval {cfg.data.dataset}", len(examples)) as bar:
         groups = rollout.generate(examples, params, chunk=cfg.batch_size, on_done=bar.advance)
-    rollout.shutdown()
     samples = [s for g in groups for s in g]
     verifier = cfg.verifier or cfg.data.default_verifier()
     scores = correctness(verifier, [s.response for s in samples], [s.answer for s in samples])
@@ -63,7 +62,11 @@ def evaluate(model: str, cfg: Config) -> tuple[dict, list]:
 def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
-    result, samples = evaluate(model, cfg)
+    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker)
+    try:
+        result, samples = evaluate(cfg, rollout)
+    finally:
+        rollout.shutdown()
     result["model"] = model
     run.record_eval(result)
     write_jsonl(run.stage_dir() / "samples.jsonl",

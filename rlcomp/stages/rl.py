@@ -137,6 +137,8 @@ def run(cfg: Config, run, model: str | None) -> str:
                             max_tokens=cfg.rollout.max_tokens, logprobs=True)
     if uses_o1:
         ray.get(rewards.set_reference.remote(reference_table(cfg, rollout, rewards, examples, stage_dir)))
+    # O1-Pruner samples from the starting model throughout: keep its weights to restore after evaluations.
+    reference_weights = ray.put(policy.state_dict()) if cfg.algorithm == "o1_pruner" and cfg.eval else None
     order, step, position = prompt_order(len(examples), run.seed), 0, 0
     history = StepHistory(stage_dir / "steps.jsonl")
     if run.resume and (checkpoint := latest_checkpoint(stage_dir)):
@@ -168,7 +170,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             bar.advance(info=f"reward {metrics['reward/total']:.3f} acc {metrics['accuracy']:.3f} "
                              f"len {metrics['response_length/mean']:.0f}")
             if cfg.eval and (step % cfg.eval.every == 0 or step == cfg.max_steps):
-                periodic_eval(cfg, run, policy, step)
+                periodic_eval(cfg, run, rollout, policy, step, reference_weights)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(stage_dir, step, position, policy, critic)
     output = policy.save_model(stage_dir / "model")
@@ -276,14 +278,17 @@ def reference_table(cfg: Config, rollout, rewards, examples, stage_dir) -> Refer
     return table
 
 
-def periodic_eval(cfg: Config, run, policy, step: int) -> None:
+def periodic_eval(cfg: Config, run, rollout, policy, step: int, reference_weights) -> None:
+    """Greedy evaluation of the current policy on the rollout workers (they hold its weights, except under
+    O1-Pruner, whose workers get them for the evaluation and the reference weights back after it)."""
     from rlcomp.stages import eval as eval_stage
 
-    path = policy.save_model(run.stage_dir() / "eval_model")
-    eval_cfg = eval_stage.Config(data=cfg.eval.data, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
-                                 engine=cfg.rollout.engine, workers=cfg.rollout.workers,
-                                 gpus_per_worker=cfg.rollout.gpus_per_worker)
-    result, _ = eval_stage.evaluate(str(path), eval_cfg)
+    if reference_weights is not None:
+        rollout.load_weights(ray.put(policy.state_dict()))
+    eval_cfg = eval_stage.Config(data=cfg.eval.data, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens)
+    result, _ = eval_stage.evaluate(eval_cfg, rollout)
+    if reference_weights is not None:
+        rollout.load_weights(reference_weights)
     run.log({"eval/accuracy": result["accuracy"], "eval/mean_response_tokens": result["mean_response_tokens"]}, step)
     console.print(f"step {step} eval: accuracy {result['accuracy']:.3f}, "
                   f"mean response tokens {result['mean_response_tokens']:.1f}")
