@@ -18,6 +18,12 @@ def test_the_four_rl_recipes_exist_and_are_executable():
         assert path.stat().st_mode & 0o111, f"{name} is not executable"
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_validates_in_smoke_form(name):
+    recipe = load_recipe(Path("recipes") / name, smoke=True)
+    assert recipe.stages[0].type == "make_model"
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", RL_RECIPES)
 def test_smoke_run(ray_cluster, name, tmp_path):

