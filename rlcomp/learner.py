@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import fully_shard  # FSDP2
 
 from rlcomp.config import LearnerConfig, OptimConfig
 
@@ -75,9 +75,10 @@ class LearnerWorker:
         model = model.to(self.device)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
-            fully_shard(layer)
-        fully_shard(model)
+        if self.world_size > 1 or os.environ.get("RLCOMP_FSDP_ALWAYS"):  # one rank has nothing to shard
+            for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
+                fully_shard(layer)
+            fully_shard(model)
         self.model, self.config, self.optim = model, model.config, optim
         if optim is None:  # a frozen model (the reference policy): forward passes only
             model.requires_grad_(False)
