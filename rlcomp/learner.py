@@ -5,6 +5,7 @@ registered loss (rlcomp/losses). SFT, DPO, distillation and the RL policy losses
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -68,10 +69,13 @@ class LearnerWorker:
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
                                 world_size=self.world_size)
         torch.manual_seed(seed)
+        # flash-attention where installed (GPU): its variable-length kernels make packed batches pay off.
+        attn = "flash_attention_2" if self.device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
         if critic:  # PPO's value model: the policy's body with a scalar head per token
-            model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
+            model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32,
+                                                                    attn_implementation=attn)
         else:
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
         model = model.to(self.device)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
