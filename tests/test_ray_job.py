@@ -61,14 +61,31 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.CompletedProcess:
+    # The job runs in the environment of the head, as a user's would: with this venv's scripts on PATH.
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    out = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", *entrypoint],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "Connecting to existing Ray cluster" in out.stdout  # the driver joined this cluster
+    return out
+
+
 @pytest.mark.e2e
 def test_ray_job_submit_runs_a_recipe(ray_head, tmp_path):
     address, env = ray_head
-    out = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
-         "rlcomp", "run", "recipes/slurm_smoke.yaml", "--output-dir", str(tmp_path / "run")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert "Connecting to existing Ray cluster" in out.stdout  # the driver joined this cluster
+    submit(address, env, ["rlcomp", "run", "recipes/slurm_smoke.yaml", "--output-dir", str(tmp_path / "run")])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["evals"][0]["n"] == 50
+
+
+@pytest.mark.e2e
+def test_ray_job_short_form_runs_an_executable_recipe(ray_head, tmp_path):
+    """`ray job submit --working-dir . -- recipes/o1_pruner.yaml`: the recipe's shebang runs `rlcomp run`
+    (Ray keeps the file's mode when it ships the working directory)."""
+    address, env = ray_head
+    out = submit(address, env, ["recipes/o1_pruner.yaml", "--smoke", "--output-dir", str(tmp_path / "run")])
+    assert "rl o1_pruner (o1_pruner)" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["evals"] and all(e["n"] > 0 for e in summary["evals"])
+    assert (tmp_path / "run" / "stages" / "o1_pruner" / "reference_table.jsonl").is_file()

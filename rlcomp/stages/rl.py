@@ -12,7 +12,7 @@ from typing import Literal
 
 import ray
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlcomp.advantages import ADVANTAGES, whiten
 from rlcomp.batching import response_values, rl_micro_batches
@@ -24,6 +24,7 @@ from rlcomp.losses.kl import kl_penalty_in_reward
 from rlcomp.report import console, progress, write_jsonl
 from rlcomp.rewards import ReferenceTable, RewardSpec, start_reward_service
 from rlcomp.rollout import RolloutGroup, SamplingParams
+from rlcomp.weight_sync import WeightSync
 
 
 class RolloutConfig(Strict):
@@ -35,6 +36,15 @@ class RolloutConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, gt=0)  # Kimi long2short: cut this sharply
+    # How new weights reach the workers: auto = broadcast (NCCL) on GPU, object_store on CPU (rlcomp/weight_sync.py)
+    weight_sync: Literal["auto", "object_store", "broadcast"] = "auto"
+    sleep: bool = False  # vLLM on GPU: free the engine's GPU memory while the learner trains (colocated setups)
+
+    @model_validator(mode="after")
+    def _sleep_needs_gpu(self):
+        if self.sleep and (not self.gpus_per_worker or self.engine == "hf"):
+            raise ValueError("sleep frees GPU memory between rollouts: it needs gpus_per_worker > 0 and engine vllm")
+        return self
 
 
 class LossConfig(Strict):
@@ -126,8 +136,10 @@ def run(cfg: Config, run, model: str | None) -> str:
     stage_dir = run.stage_dir()
     examples = load_examples(cfg.data)
     uses_o1 = any(p.name == "o1_pruner" for p in cfg.reward.parts)
-    rollout = RolloutGroup(model, cfg.rollout.engine, cfg.rollout.workers, cfg.rollout.gpus_per_worker, seed=run.seed)
+    rollout = RolloutGroup(model, cfg.rollout.engine, cfg.rollout.workers, cfg.rollout.gpus_per_worker, seed=run.seed,
+                           sleep=cfg.rollout.sleep)
     policy = LearnerGroup(model, cfg.learner, cfg.optim, cfg.max_steps * cfg.updates_per_step, run.seed)
+    sync = WeightSync(policy, rollout, cfg.rollout.weight_sync)
     critic = LearnerGroup(model, cfg.learner, cfg.critic_optim, cfg.max_steps * cfg.updates_per_step, run.seed,
                           critic=True) if cfg.algorithm == "ppo" else None
     needs_ref = cfg.loss.kl_coef > 0 or cfg.kl_in_reward > 0
@@ -144,7 +156,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     if run.resume and (checkpoint := latest_checkpoint(stage_dir)):
         step, position = load_state(checkpoint, policy, critic)
         if cfg.algorithm != "o1_pruner":
-            rollout.load_weights(ray.put(policy.state_dict()))
+            sync.push()
         history.truncate(step)
         console.print(f"resumed from {checkpoint} at step {step}")
     with progress(f"rl {run.stage} ({cfg.algorithm})", cfg.max_steps) as bar:
@@ -160,7 +172,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             metrics = train_on(cfg, groups, policy, critic, reference, pad_id=rollout.pad_token_id)
             times["train"] = time.time()
             if cfg.algorithm != "o1_pruner":  # O1-Pruner keeps sampling from the reference policy
-                rollout.load_weights(ray.put(policy.state_dict()))
+                sync.push()
             times["sync"] = time.time()
             step += 1
             metrics.update(step_metrics(groups, times))
