@@ -5,13 +5,15 @@ addition task with the same reward (the addition checker), `prompts` x `generati
 `max_tokens` new tokens per step, temperature 1.0, one optimizer step per rollout batch, no KL (beta=0), fp32,
 no activation checkpointing (TRL's default turns it on: switched off here for fairness). rlcomp runs through its
 real pipeline (`run_recipe` with one `rl` stage: Ray rollout workers with HF generate, the reward service, an
-FSDP2 learner); TRL runs GRPOTrainer with use_cpu=True, use_vllm=False. Each side runs in its own subprocess,
-one after the other, with the same number of torch threads; warm-up steps are dropped. A random model stops
+FSDP2 learner group, by default 2 ranks x 1 thread); TRL runs GRPOTrainer with use_cpu=True, use_vllm=False,
+in one process. Both sides use the same number of CPU threads in all. Each run is a fresh subprocess; runs
+alternate between the sides (`--repeats`) and each side's median run is reported; warm-up steps are dropped. A random model stops
 at EOS at random, so the mean completion length of each side is reported next to its time. Run it on a quiet
 machine: with other processes on the cores, multi-threaded torch ops stall on their thread barriers (a 2-thread
 generate was 50x slower than a 1-thread one under load), which would distort the comparison.
 
     python benchmarks/grpo_vs_trl.py [--steps 10] [--warmup 2] [--prompts 16] [--generations 8] [--max-tokens 128]
+                                     [--repeats 3] [--learner-workers 2]
 Writes benchmarks/results/grpo_vs_trl.json and .md.
 """
 from __future__ import annotations
@@ -192,10 +194,13 @@ def report(args, rows: list[dict]) -> str:
             f"normalised {faster['completion_tokens_per_s'] / slower['completion_tokens_per_s']:.2f}x in tokens/s). "
             f"rlcomp's step: {shares(ours)}. TRL's step: {shares(trl)}.")
     lines = [f"GRPO, {args.prompts} prompts x {args.generations} generations, max {args.max_tokens} new tokens, "
-             f"{args.steps} measured steps after {args.warmup} warm-up, {args.threads} CPU threads per side.", "",
-             "| framework | s/step | mean completion tokens | completion tokens/s | accuracy | layout |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['framework']} | {r['seconds_per_step']:.2f} | {r['mean_completion_tokens']:.1f} | "
+             f"{args.steps} measured steps after {args.warmup} warm-up, {args.threads} CPU threads per side; "
+             f"{args.repeats} runs per side, interleaved, the median run shown.", "",
+             "| framework | s/step (median run) | s/step, every run | mean completion tokens | completion tokens/s "
+             "| accuracy | layout |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['framework']} | {r['seconds_per_step']:.2f} | "
+              f"{', '.join(f'{t:.2f}' for t in r['all_seconds_per_step'])} | {r['mean_completion_tokens']:.1f} | "
               f"{r['completion_tokens_per_s']:.0f} | {r['accuracy']:.3f} | {r['layout']} |" for r in rows]
     lines += ["", "| framework | phase | s/step | share |", "|---|---|---|---|"]
     lines += [f"| {r['framework']} | {k} | {v:.3f} | {100 * v / r['seconds_per_step']:.0f}% |"
@@ -218,7 +223,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads each side may use")
     parser.add_argument("--rollout-workers", type=int, default=2, help="rlcomp: HF rollout workers, 1 thread each")
-    parser.add_argument("--learner-workers", type=int, default=1, help="rlcomp: learner ranks sharing --threads")
+    parser.add_argument("--learner-workers", type=int, default=2, help="rlcomp: learner ranks sharing --threads")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side, interleaved; the median counts")
     parser.add_argument("--side", choices=["rlcomp", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
@@ -229,9 +235,16 @@ def main() -> None:
         return
     from rlcomp.models import make_tiny_model
 
+    runs: dict[str, list[dict]] = {"rlcomp": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
         model = str(make_tiny_model(Path(tmp) / "model"))
-        rows = [side(args, name, model, Path(tmp)) for name in ("rlcomp", "trl")]
+        for _ in range(args.repeats):  # interleaved, so a noisy minute hits both sides alike
+            for name in runs:
+                runs[name].append(side(args, name, model, Path(tmp)))
+    rows = []
+    for name, results in runs.items():  # each side's median run, with every run's s/step alongside
+        results.sort(key=lambda r: r["seconds_per_step"])
+        rows.append({**results[len(results) // 2], "all_seconds_per_step": [r["seconds_per_step"] for r in results]})
     config = {k: v for k, v in vars(args).items() if k not in ("side", "model", "result_file")}
     print(report(argparse.Namespace(**config), rows))
 

@@ -9,6 +9,7 @@ greedy), the same quantity the learner recomputes, so the two can be compared an
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from typing import Iterable
@@ -117,6 +118,8 @@ class VLLMEngine:
                        enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True,
                        enable_sleep_mode=sleep)
         self.tokenizer = self.llm.get_tokenizer()
+        # Every in-place reload warns that the rotary embedding (no weights, only a cached table) loaded nothing.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self.sleep_between_rollouts = sleep
         self.asleep: list[str] = []  # memory tags now offloaded or freed
 

@@ -180,3 +180,16 @@ def test_value_loss_clipping():
     assert values.grad[0, 0, 0] == 0 and values.grad[0, 1, 0] != 0
     unclipped, _ = LOSSES["value"](values, batch, value_clip=None)
     assert unclipped.item() == pytest.approx(0.5 * (0.01 + 0.36 + 1.0) / 3, abs=1e-6)
+
+
+def test_on_policy_without_old_logprobs():
+    # One optimizer step per rollout batch: no old log-probs given means pi_old = pi_theta (ratio 1), and the
+    # gradient is the policy gradient -A * grad log p, here per token of seq_mean over 1 sequence of 2 tokens.
+    logits, batch = make_batch([[0.9, 0.2]], [[0.9, 0.2]], [[1.0, -2.0]])
+    with_old = LOSSES["grpo"](logits, batch)[0]
+    (grad_with_old,) = torch.autograd.grad(with_old, logits)
+    del batch["old_logprobs"]
+    loss, m = LOSSES["grpo"](logits, batch)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == pytest.approx(-(1.0 - 2.0) / 2) and m["ratio_mean"] == pytest.approx(1.0)
+    assert torch.allclose(grad, grad_with_old)

@@ -67,7 +67,7 @@ def policy_loss(logits: torch.Tensor, batch: dict, temperature: float = 1.0, cli
                 kl_estimator: str = "k3", entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate - entropy_coef * entropy + kl_coef * KL(pi_theta || pi_ref), all aggregated alike."""
     logp, entropy, mask = policy_outputs(logits, batch["targets"], temperature, entropy_grad=entropy_coef != 0)
-    old = batch["old_logprobs"]
+    old = batch.get("old_logprobs", logp.detach())  # absent: on-policy, one optimizer step per rollout batch
     pg, ratio, clipped = clipped_surrogate(logp - old, batch["advantages"], clip_low, clip_high)
     pg_loss = aggregate(pg, mask, batch, aggregation)
     loss = pg_loss - entropy_coef * aggregate(entropy, mask, batch, aggregation) if entropy_coef else pg_loss

@@ -93,7 +93,8 @@ class Config(StageConfig):
     optim: OptimConfig = OptimConfig(lr=1e-6)
     critic_optim: OptimConfig = OptimConfig(lr=1e-5)
     learner: LearnerConfig = LearnerConfig()
-    recompute_logprobs: bool = True  # old-policy log-probs from the learner rather than the rollout engine
+    # Old-policy log-probs from the learner rather than the rollout engine (needed only with updates_per_step > 1)
+    recompute_logprobs: bool = True
     eval: EvalConfig | None = None
     checkpoint_every: int | None = Field(None, gt=0)
     log_every: int = Field(1, gt=0)
@@ -202,9 +203,12 @@ def train_on(cfg: Config, groups, policy, critic, reference, pad_id: int) -> dic
               "max_response_length": cfg.rollout.max_tokens}
     old = {"old_logprobs": [s.logprobs for s in samples]}
     batches = rl_micro_batches(samples, n_micro, pad_id, old)
-    if cfg.recompute_logprobs and cfg.algorithm != "o1_pruner":
+    # One optimizer step on the batch: pi_old is the current policy, whose log-probs the loss computes anyway
+    # (detached), so a separate forward pass for them would change nothing. TRL skips it the same way.
+    on_policy = cfg.updates_per_step == 1 and cfg.algorithm != "o1_pruner" and not cfg.kl_in_reward
+    if cfg.recompute_logprobs and cfg.algorithm != "o1_pruner" and not on_policy:
         old["old_logprobs"] = response_values(batches, policy.token_outputs(batches, temperature), samples)
-    per_token = dict(old)
+    per_token = {} if on_policy else dict(old)
     if reference is not None:
         per_token["ref_logprobs"] = response_values(batches, reference.token_outputs(batches, temperature), samples)
     token_rewards = []
