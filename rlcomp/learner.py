@@ -231,7 +231,8 @@ class LearnerGroup:
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(self.placement_group)
             raise RuntimeError(f"learner group: {n} x {bundle} could not be placed within {PLACEMENT_TIMEOUT_S}s; "
-                               f"the cluster has {ray.available_resources()} free") from None
+                               f"the cluster has {ray.available_resources()} free (a small `ray start --head` cluster: give it "
+                               f"more logical CPUs, e.g. --num-cpus=8)") from None
         self.model_path = str(model_path)
         self.device_type = "cuda" if learner.gpus_per_worker else "cpu"
         self.workers = [

@@ -28,7 +28,8 @@ def free_port() -> int:
 @pytest.fixture
 def ray_head():
     """A Ray head of its own (own temp dir, ports, process group), stopped by its process group, never
-    `ray stop` (which stops every Ray on the machine)."""
+    `ray stop` (which stops every Ray on the machine). 8 logical CPUs on this 2-core machine, as rlcomp's own
+    local cluster has: a stage's rollout workers, learners and reward service take turns on the cores."""
     temp = Path(tempfile.mkdtemp(prefix="rlcomp-rj-", dir="/tmp"))
     dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
@@ -36,7 +37,7 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     log = (temp / "head.log").open("w")
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={free_port()}", "--num-cpus=2",
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={free_port()}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--min-worker-port=0",
          "--max-worker-port=0", "--disable-usage-stats", "--log-color=false"],
