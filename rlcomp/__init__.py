@@ -1,4 +1,5 @@
 """rlcomp: post-train reasoning models to reach the same answers with shorter chains of thought."""
+import importlib as _importlib
 import os as _os
 
 from rlcomp.cluster import QUIET_ENV as _QUIET_ENV
@@ -6,13 +7,25 @@ from rlcomp.cluster import QUIET_ENV as _QUIET_ENV
 for _key, _value in _QUIET_ENV.items():  # before transformers is first imported: it reads them once
     _os.environ.setdefault(_key, _value)
 
-from rlcomp.config import load_recipe, validate_recipe
-from rlcomp.data import DataSpec, load_examples
-from rlcomp.models import make_tiny_model
-from rlcomp.pipeline import run_recipe
-from rlcomp.rewards import RewardService, RewardSpec, Scorer, aes, reward, start_reward_service, verify
-from rlcomp.sample import Example, Sample
+# The public API, imported on first use (PEP 562): `import rlcomp.rewards.verifiers` in a reward worker process
+# then costs milliseconds, not the seconds and hundreds of MB of torch and transformers.
+_EXPORTS = {
+    "load_recipe": "rlcomp.config", "validate_recipe": "rlcomp.config", "run_recipe": "rlcomp.pipeline",
+    "make_tiny_model": "rlcomp.models", "DataSpec": "rlcomp.data", "load_examples": "rlcomp.data",
+    "Example": "rlcomp.sample", "Sample": "rlcomp.sample", "reward": "rlcomp.rewards",
+    "RewardSpec": "rlcomp.rewards", "Scorer": "rlcomp.rewards", "RewardService": "rlcomp.rewards",
+    "start_reward_service": "rlcomp.rewards", "verify": "rlcomp.rewards", "aes": "rlcomp.rewards",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = ["load_recipe", "validate_recipe", "run_recipe", "make_tiny_model", "DataSpec", "load_examples",
-           "Example", "Sample", "reward", "RewardSpec", "Scorer", "RewardService", "start_reward_service",
-           "verify", "aes"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rlcomp' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
