@@ -1,10 +1,15 @@
 """Verifications per second: one process verifying inline vs the RewardService (a Ray actor whose killable pool
 has one worker per core it is given), on real answers and on real answers mixed with pathological ones.
 
-Ordinary inputs: each MATH-500 solution against its own answer and against the next problem's answer (a wrong
-answer goes through sympy, as most RL samples do). Every run uses fresh processes: sympy and math-verify cache
-what they have seen, and RL samples are new each step. Runs are interleaved and the best of each setup counts,
-as the machine is shared. Writes benchmarks/results/verify.json and verify.md.
+Ordinary inputs: each MATH-500 solution against its own answer and against another problem's answer (a wrong
+answer goes through sympy, as most RL samples do). The other problem is the next one in a shuffled cycle, not in
+file order: there, item i's wrong gold (answer i+1) is item i+1's own final answer, so a single process verifying
+in order finds it in math-verify's parse cache (20 entries), a neighbour effect of the file's order that RL
+samples do not have and that hid about a third of the single process's work.
+
+Every run uses fresh processes, as sympy and math-verify cache what they have seen and RL samples are new each
+step; each starts with math-verify warmed up on a few unrelated answers (rlcomp.rewards.warm_up), as the
+service's workers do. Runs are interleaved and the best of each setup counts, as the machine is shared. Writes benchmarks/results/verify.json and verify.md.
 
     python benchmarks/bench_verify.py [--math ../shared/data/math500/test.jsonl] [--cpus 2]
 """
@@ -14,11 +19,13 @@ import argparse
 import json
 import os
 import platform
+import random
 import time
 from pathlib import Path
 
 import ray
 
+import rlcomp.rewards.warm_up  # noqa: F401  The forkserver imports __main__: single-process runs start warm too
 from rlcomp.rewards import RewardSpec, start_reward_service
 from rlcomp.rewards.files import atomic_write
 from rlcomp.rewards.pool import WorkerPool
@@ -42,8 +49,11 @@ PATHOLOGICAL = [
 
 def ordinary_items(path: Path) -> list[tuple[str, str]]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cycle = list(range(len(rows)))
+    random.Random(0).shuffle(cycle)
+    wrong_gold = {i: rows[cycle[(k + 1) % len(cycle)]]["answer"] for k, i in enumerate(cycle)}
     own = [(r["solution"], r["answer"]) for r in rows]
-    other = [(r["solution"], rows[(i + 1) % len(rows)]["answer"]) for i, r in enumerate(rows)]
+    other = [(r["solution"], wrong_gold[i]) for i, r in enumerate(rows)]
     return own + other
 
 

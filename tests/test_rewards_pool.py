@@ -1,7 +1,11 @@
 """The killable verifier pool: hangs, crashes and hostile math all score 0, in order, and the pool carries on."""
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from rlcomp.rewards import verify
 from rlcomp.rewards.pool import WorkerPool
@@ -9,6 +13,7 @@ from rlcomp.rewards.verifiers import run_verifier
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rewards"
 HOSTILE = f"{FIXTURES / 'hostile.py'}:misbehave"
+WARM_PROBE = f"{FIXTURES / 'hostile.py'}:math_verify_is_warm"
 
 
 def test_each_kind_of_failure_scores_zero_and_is_counted():
@@ -39,6 +44,18 @@ def test_a_small_batch_is_spread_over_the_workers():
         outcomes = pool.map([(HOSTILE, "sleep 0.6", "x", {})] * 2)
         assert [o.status for o in outcomes] == ["ok", "ok"]
         assert time.monotonic() - start < 1.1  # side by side, not one queued behind the other
+
+
+@pytest.mark.parametrize("verifier, warm", [("math", "1.0"), ("gsm8k", "0.0")])
+def test_math_verify_workers_are_forked_warm(verifier, warm):
+    # A fresh interpreter: the forkserver, and so what it preloads, is one per process.
+    code = f"""
+from rlcomp.rewards.verifiers import verifier_pool
+with verifier_pool({verifier!r}, workers=1) as pool:
+    print(pool.map([({WARM_PROBE!r}, "", "", {{}})])[0].value)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-1:] == [warm], out.stderr
 
 
 def pathological() -> list[str]:

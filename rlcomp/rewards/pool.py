@@ -87,14 +87,14 @@ class WorkerPool:
     """
 
     def __init__(self, fn: Callable, workers: int | None = None, timeout: float = 5.0,
-                 memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB):
+                 memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB, preload: Iterable[str] = ()):
         self.fn, self.timeout, self.memory_limit_mb = fn, timeout, memory_limit_mb
         self.size = workers or os.cpu_count() or 1
         self._ctx = multiprocessing.get_context("forkserver")
-        # Imported once by the forkserver, not by every worker. Takes effect only if this process has not
-        # started its forkserver yet. As with any spawn/forkserver start, a script needs the
-        # `if __name__ == "__main__":` guard.
-        self._ctx.set_forkserver_preload(["__main__", fn.__module__])
+        # Imported once by the forkserver, not by every worker, with `preload` (modules that warm caches up).
+        # Takes effect only if this process has not started its forkserver yet. As with any spawn/forkserver
+        # start, a script needs the `if __name__ == "__main__":` guard.
+        self._ctx.set_forkserver_preload(["__main__", fn.__module__, *preload])
         self._workers: list[_Worker] = []
 
     def map(self, items: Iterable[tuple], on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:

@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlcomp.rewards.files import atomic_write
-from rlcomp.rewards.pool import WorkerPool
-from rlcomp.rewards.verifiers import DEFAULT_TIMEOUT, VERIFIERS, get_verifier, run_verifier
+from rlcomp.rewards.verifiers import DEFAULT_TIMEOUT, VERIFIERS, get_verifier, verifier_pool
 
 
 class InputError(Exception):
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     stderr = Console(stderr=True)
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as progress, \
-            WorkerPool(run_verifier, args.workers, args.timeout) as pool:
+            verifier_pool(args.verifier, args.workers, args.timeout) as pool:
         bar = progress.add_task("scoring", total=len(rows))
         outcomes = pool.map([(args.verifier, r, g, {}) for r, g in pairs],
                             on_done=lambda index, outcome: progress.advance(bar))

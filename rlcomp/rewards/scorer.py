@@ -8,10 +8,9 @@ import logging
 from collections import Counter
 
 from rlcomp.rewards.compose import RewardSpec, build_parts
-from rlcomp.rewards.pool import WorkerPool
 from rlcomp.rewards.reference import ReferenceTable
 from rlcomp.rewards.registry import RewardFunction
-from rlcomp.rewards.verifiers import get_verifier, run_verifier
+from rlcomp.rewards.verifiers import get_verifier, verifier_pool
 from rlcomp.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,9 @@ class Scorer:
         self.parts = build_parts(self.spec, reference, functions)
         if self.spec.verifier not in (None, "auto"):
             get_verifier(self.spec.verifier)  # an unloadable verifier fails here, not as N silent zeros
-        self.pool = WorkerPool(run_verifier, self.spec.workers or workers, self.spec.timeout) if self.spec.verifier else None
+        self.pool = None
+        if self.spec.verifier:
+            self.pool = verifier_pool(self.spec.verifier, self.spec.workers or workers, self.spec.timeout)
         self.counts: Counter[str] = Counter()  # verifications by outcome: ok, timeout, error, crashed
 
     def set_reference(self, table: ReferenceTable) -> None:

@@ -187,11 +187,17 @@ class Scores(list):
         self.crashes = sum(o.status == "crashed" for o in outcomes)
 
 
+def verifier_pool(verifier: str, workers: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> WorkerPool:
+    """A pool of workers running `run_verifier`; for math-verify they are forked warm (see warm_up.py)."""
+    preload = ["rlcomp.rewards.warm_up"] if verifier in ("math", "auto") else []
+    return WorkerPool(run_verifier, workers=workers, timeout=timeout, preload=preload)
+
+
 def verify(verifier: str, responses: list[str], golds: list[str], timeout: float = DEFAULT_TIMEOUT,
            workers: int | None = None, **options) -> Scores:
     """Score responses against gold answers in a killable process pool; a timeout or crash scores 0."""
     if len(responses) != len(golds):
         raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
     get_verifier(verifier)  # fail here, not once per item in the workers
-    with WorkerPool(run_verifier, workers=workers, timeout=timeout) as pool:
+    with verifier_pool(verifier, workers, timeout) as pool:
         return Scores(pool.map([(verifier, r, g, options) for r, g in zip(responses, golds)]))
