@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
     args = parser.parse_args()
+    if not args.math.is_file():
+        parser.error(f"--math {args.math}: no such file (MATH-500's test.jsonl, from the project's shared/data)")
 
     ordinary = ordinary_items(args.math)
     mixed = ordinary + [(p, "1") for p in PATHOLOGICAL]
