@@ -9,7 +9,8 @@ samples do not have and that hid about a third of the single process's work.
 
 Every run uses fresh processes, as sympy and math-verify cache what they have seen and RL samples are new each
 step; each starts with math-verify warmed up on a few unrelated answers (rlcomp.rewards.warm_up), as the
-service's workers do. Runs are interleaved and the best of each setup counts, as the machine is shared. Writes benchmarks/results/verify.json and verify.md.
+service's workers do. Runs are interleaved and the best of each setup counts, as the machine is shared.
+Writes benchmarks/results/verify.json and verify.md.
 
     python benchmarks/bench_verify.py [--math ../shared/data/math500/test.jsonl] [--cpus 2]
 """
