@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
 
 import ray
 
+from rlcomp.device import machine_info, machine_line
 import rlcomp.rewards.warm_up  # noqa: F401  The forkserver imports __main__: single-process runs start warm too
 from rlcomp.rewards import RewardSpec, start_reward_service
 from rlcomp.rewards.files import atomic_write
@@ -146,8 +146,7 @@ def main() -> None:
     ray.shutdown()
 
     result = {
-        "machine": {"cpus_visible": os.cpu_count(), "service_cpus": args.cpus, "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine_info(threads=args.cpus),
         "ordinary_items": len(ordinary), "pathological_items": len(PATHOLOGICAL), "timeout_s": args.timeout,
         "seconds": {k: [round(t, 3) for t in v] for k, v in seconds.items()},
         "single_process_per_s": round(single, 1),
@@ -164,6 +163,8 @@ def main() -> None:
         "mixed_ordinary_right": mixed_ok,
     }
     table = "\n".join([
+        f"Machine: {machine_line(result['machine'])} (service workers)",
+        "",
         f"Verifications per second, `math` verifier, {len(ordinary)} MATH-500 answers "
         f"(half right, half wrong); service on {args.cpus} cores; fresh processes each run; best of {args.repeats}.",
         "",

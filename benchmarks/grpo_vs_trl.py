@@ -2,7 +2,8 @@
 
 Both sides train the embedded ~1.1M-parameter Qwen2 (one model directory, random weights) on the verbose
 addition task with the same reward (the addition checker), `prompts` x `generations` completions of at most
-`max_tokens` new tokens per step, temperature 1.0, one optimizer step per rollout batch, no KL (beta=0), fp32,
+`max_tokens` new tokens per step, temperature 1.0, one optimizer step per rollout batch, no KL (beta=0), the same
+training precision (rlcomp's `auto`: bf16 autocast where the CPU has native bf16, else fp32; TRL's `bf16` set alike),
 no activation checkpointing (TRL's default turns it on: switched off here for fairness). rlcomp runs through its
 real pipeline (`run_recipe` with one `rl` stage: Ray rollout workers with HF generate, the reward service, an
 FSDP2 learner group, by default 2 ranks x 1 thread); TRL runs GRPOTrainer with use_cpu=True, use_vllm=False,
@@ -28,9 +29,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from rlcomp.device import machine_info, machine_line, resolve_precision
 from rlcomp.report import write_atomic, write_json
 
 RESULTS = Path(__file__).parent / "results"
+PRECISION = resolve_precision("auto", "cpu")["used"]  # what rlcomp's learners pick here; TRL is given the same
 
 
 def examples(args):
@@ -53,7 +56,7 @@ def run_rlcomp(args) -> dict:
         "prompts_per_step": args.prompts, "max_steps": args.warmup + args.steps, "updates_per_step": 1,
         "optim": {"lr": args.lr, "schedule": "constant"},
         "learner": {"num_workers": args.learner_workers, "cpus_per_worker": args.threads / args.learner_workers,
-                    "mixed_precision": "fp32", "gradient_checkpointing": False},
+                    "mixed_precision": "auto", "gradient_checkpointing": False},
         "loss": {"kl_coef": 0.0},
     }
     recipe = validate_recipe({"model": args.model, "seed": 0, "cluster": {"num_cpus": max(8, args.threads)},
@@ -66,7 +69,7 @@ def run_rlcomp(args) -> dict:
     return {
         "framework": "rlcomp",
         "layout": f"{args.rollout_workers} HF rollout worker(s) x 1 thread, {args.learner_workers} FSDP2 learner "
-                  f"rank(s) x {args.threads / args.learner_workers:g} threads, reward service; fp32",
+                  f"rank(s) x {args.threads / args.learner_workers:g} threads, reward service; {PRECISION}",
         "seconds_per_step": sum(phases.values()),
         "phases": phases,
         "mean_completion_tokens": mean(r["response_length/mean"] for r in rows),
@@ -99,7 +102,7 @@ def run_trl(args) -> dict:
     batch = args.prompts * args.generations
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, use_vllm=False, gradient_checkpointing=False,
+            output_dir=out, use_cpu=True, bf16=PRECISION == "bf16", use_vllm=False, gradient_checkpointing=False,
             per_device_train_batch_size=batch, gradient_accumulation_steps=1, generation_batch_size=batch,
             num_generations=args.generations, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0,
             top_k=0, learning_rate=args.lr, lr_scheduler_type="constant", adam_beta2=0.95, max_grad_norm=1.0,
@@ -126,7 +129,7 @@ def run_trl(args) -> dict:
     return {
         "framework": "trl",
         "layout": f"GRPOTrainer (TRL {__import__('trl').__version__}) in one process, {timer.threads} torch threads, "
-                  "HF generate, fp32, gradient_checkpointing=False",
+                  f"HF generate, {PRECISION}, gradient_checkpointing=False",
         "seconds_per_step": mean(s["step"] for s in steps),
         "phases": phases,
         "mean_completion_tokens": mean(lengths[args.warmup:]),
@@ -193,7 +196,9 @@ def report(args, rows: list[dict]) -> str:
             f"({faster['seconds_per_step']:.2f} s vs {slower['seconds_per_step']:.2f} s per step; completion-length-"
             f"normalised {faster['completion_tokens_per_s'] / slower['completion_tokens_per_s']:.2f}x in tokens/s). "
             f"rlcomp's step: {shares(ours)}. TRL's step: {shares(trl)}.")
-    lines = [f"GRPO, {args.prompts} prompts x {args.generations} generations, max {args.max_tokens} new tokens, "
+    machine = machine_info(args.threads)
+    lines = [f"Machine: {machine_line(machine)} per side; training precision {PRECISION}", "",
+             f"GRPO, {args.prompts} prompts x {args.generations} generations, max {args.max_tokens} new tokens, "
              f"{args.steps} measured steps after {args.warmup} warm-up, {args.threads} CPU threads per side; "
              f"{args.repeats} runs per side, interleaved, the median run shown.", "",
              "| framework | s/step (median run) | s/step, every run | mean completion tokens | completion tokens/s "
@@ -206,7 +211,8 @@ def report(args, rows: list[dict]) -> str:
     lines += [f"| {r['framework']} | {k} | {v:.3f} | {100 * v / r['seconds_per_step']:.0f}% |"
               for r in rows for k, v in r["phases"].items()]
     lines += ["", f"Note: {note}", ""]
-    write_json(RESULTS / "grpo_vs_trl.json", {"benchmark": "grpo_vs_trl", "config": vars(args), "results": rows,
+    write_json(RESULTS / "grpo_vs_trl.json", {"benchmark": "grpo_vs_trl", "machine": machine, "precision": PRECISION,
+                                              "config": vars(args), "results": rows,
                                               "speedup_rlcomp_vs_trl": round(ratio, 3), "note": note})
     table = "\n".join(lines)
     write_atomic(RESULTS / "grpo_vs_trl.md", table)

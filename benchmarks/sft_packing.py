@@ -18,6 +18,7 @@ from rlcomp.batching import micro_batches, step_batches, tokenize_examples
 from rlcomp.cluster import init_ray
 from rlcomp.config import LearnerConfig, OptimConfig
 from rlcomp.data import get_task
+from rlcomp.device import machine_info, machine_line
 from rlcomp.learner import LearnerGroup
 from rlcomp.models import load_tokenizer, make_tiny_model
 from rlcomp.report import write_json
@@ -41,8 +42,8 @@ def measure(model: str, sequences, mode: str, args) -> dict:
                         for b in batches)
             padded += sum(b["input_ids"].numel() for b in batches)
     seconds = time.perf_counter() - started
-    group.shutdown()
-    return {"mode": mode, "steps": args.steps, "seconds": round(seconds, 2), "tokens": real,
+    group.shutdown()  # (its precision stays readable)
+    return {"mode": mode, "precision": group.precision["used"], "steps": args.steps, "seconds": round(seconds, 2), "tokens": real,
             "tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / padded, 3)}
 
 
@@ -62,8 +63,11 @@ def main() -> None:
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["speedup_vs_pad"] = round(row["tokens_per_s"] / base, 2)
-    write_json(RESULTS / "sft_packing.json", {"benchmark": "sft_packing", "config": vars(args), "results": rows})
-    lines = ["| mode | tokens/s | speed-up vs pad | padding fraction | seconds |", "|---|---|---|---|---|"]
+    machine = machine_info(threads=max(1, 2 // args.workers) * args.workers)
+    write_json(RESULTS / "sft_packing.json", {"benchmark": "sft_packing", "machine": machine, "config": vars(args),
+                                              "results": rows})
+    lines = [f"Machine: {machine_line(machine)}; learner precision {rows[0]['precision']} (auto)", "",
+             "| mode | tokens/s | speed-up vs pad | padding fraction | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['tokens_per_s']} | {r['speedup_vs_pad']}x | {r['padding_fraction']} | {r['seconds']} |"
               for r in rows]
     lines += ["", "Packing puts each micro-batch in one row with a block-diagonal causal mask. On CPU, sdpa builds that",

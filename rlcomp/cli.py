@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import traceback
 from pathlib import Path
 
-from rlcomp.config import RecipeError
+from rlcomp.config import RecipeError, StageError
 
 
 def _run(args) -> int:
@@ -15,7 +17,10 @@ def _run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     if args.resume and args.output_dir and Path(args.resume) != Path(args.output_dir):
         raise RecipeError("--resume DIR continues the run in DIR: do not also give a different --output-dir")
-    run_recipe(recipe, args.resume or args.output_dir, resume=bool(args.resume))
+    # The exact command that continues this run, for the message about a dead actor.
+    again = ["rlcomp", "run", args.recipe] + (["--smoke"] if args.smoke else []) + list(args.overrides)
+    run_recipe(recipe, args.resume or args.output_dir, resume=bool(args.resume),
+               resume_command=lambda out: shlex.join(again[:3] + ["--resume", str(out)] + again[3:]))
     return 0
 
 
@@ -37,6 +42,7 @@ def _eval(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlcomp", description="Chain-compression post-training on Ray.")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a recipe's stages in order",
@@ -87,9 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(f"rlcomp: error: {exc}", file=sys.stderr)
         return 2
+    except StageError as exc:
+        if args.debug:
+            print(exc.log.read_text(), file=sys.stderr)
+        print(f"rlcomp: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rlcomp: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # outside any stage (e.g. the cluster): still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        lines = str(exc).strip().splitlines()
+        print(f"rlcomp: error: {type(exc).__name__}: {lines[0] if lines else ''} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

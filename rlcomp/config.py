@@ -6,7 +6,7 @@ model feeds the next stage unless the stage names its own `model`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from omegaconf import OmegaConf
@@ -15,6 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class RecipeError(ValueError):
     """A recipe problem, reported to the user in one line naming the key path."""
+
+
+class StageError(RuntimeError):
+    """A stage failed (rlcomp/pipeline.py): a one-line message for the user; the traceback is in `log`."""
+
+    def __init__(self, message: str, log: Path):
+        super().__init__(message)
+        self.log = log
 
 
 class Strict(BaseModel):
@@ -44,7 +52,8 @@ class LearnerConfig(Strict):
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
-    mixed_precision: str = Field("bf16", pattern="^(bf16|fp32)$")  # bf16 autocast; master weights stay fp32
+    # bf16 autocast (master weights stay fp32); auto: bf16 only where the device computes it natively
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
 
 

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard  # FSDP2
 
+from rlcomp.cluster import PlacementError, fmt_resources, kill, name_actor, release, reserve
 from rlcomp.config import LearnerConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
@@ -65,6 +66,8 @@ class LearnerWorker:
               critic: bool = False):
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
+        from rlcomp.device import resolve_precision
+
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
                                 world_size=self.world_size)
@@ -79,6 +82,7 @@ class LearnerWorker:
         model = model.to(self.device)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        self.precision = resolve_precision(self.cfg.mixed_precision, self.device.type)
         if self.world_size > 1 or os.environ.get("RLCOMP_FSDP_ALWAYS"):  # one rank has nothing to shard
             for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
                 fully_shard(layer)
@@ -86,14 +90,15 @@ class LearnerWorker:
         self.model, self.config, self.optim = model, model.config, optim
         if optim is None:  # a frozen model (the reference policy): forward passes only
             model.requires_grad_(False)
-            return
+            return self.precision
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, optim, total_steps))
+        return self.precision
 
     def _autocast(self):
-        enabled = self.cfg.mixed_precision == "bf16"
+        enabled = self.precision["used"] == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
@@ -221,18 +226,20 @@ class LearnerGroup:
     """Driver-side handle: places the ranks, splits each step's micro-batches among them, gathers results."""
 
     def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig | None, total_steps: int = 1,
-                 seed: int = 0, critic: bool = False):
-        """`optim=None` makes a frozen group (a reference model); `critic=True` a value model."""
-        n = learner.num_workers
+                 seed: int = 0, critic: bool = False, name: str = "learner"):
+        """`optim=None` makes a frozen group (a reference model); `critic=True` a value model. `name` says
+        what the group is in messages (learner, critic, reference)."""
+        n, self.name = learner.num_workers, name
         bundle = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})}
+        self.reservation = reserve(f"{name} group ({n} x {fmt_resources(bundle)})", [bundle] * n)
         self.placement_group = placement_group([bundle] * n, strategy="PACK")
-        try:
+        try:  # only resources in use by others can make this wait (reserve() rejects what can never fit)
             ray.get(self.placement_group.ready(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             remove_placement_group(self.placement_group)
-            raise RuntimeError(f"learner group: {n} x {bundle} could not be placed within {PLACEMENT_TIMEOUT_S}s; "
-                               f"the cluster has {ray.available_resources()} free (a small `ray start --head` cluster: give it "
-                               f"more logical CPUs, e.g. --num-cpus=8)") from None
+            release(self.reservation)
+            raise PlacementError(f"{name} group: {n} x {fmt_resources(bundle)} could not be placed within {PLACEMENT_TIMEOUT_S:g}s: "
+                                 f"the cluster has {fmt_resources(ray.available_resources())} free; other jobs hold the rest") from None
         self.model_path = str(model_path)
         self.device_type = "cuda" if learner.gpus_per_worker else "cpu"
         self.workers = [
@@ -243,8 +250,11 @@ class LearnerGroup:
             ).remote(i, n, learner)
             for i in range(n)
         ]
+        for i, worker in enumerate(self.workers):
+            name_actor(worker, f"{name} rank {i}")
         address, port = ray.get(self.workers[0].master_address.remote())
-        ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, critic) for w in self.workers])
+        self.precision = ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, critic)
+                                  for w in self.workers])[0]  # what rank 0's device chose (all ranks alike)
 
     @property
     def world_size(self) -> int:
@@ -289,6 +299,6 @@ class LearnerGroup:
 
     def shutdown(self) -> None:
         ray.get([w.shutdown.remote() for w in self.workers])
-        for w in self.workers:
-            ray.kill(w)
+        kill(self.workers)
         remove_placement_group(self.placement_group)
+        release(self.reservation)

@@ -1,14 +1,23 @@
-"""The driver: runs a recipe's stages in order on one Ray cluster and records what they produced."""
+"""The driver: runs a recipe's stages in order on one Ray cluster and records what they produced.
+
+Before Ray starts, every data source of every stage is loaded and checked, so that a bad row stops the run
+before anything trains. A stage that fails ends the run with a `StageError` of one line (which stage, the
+cause; for a dead actor, the last checkpoint and the command that resumes); its traceback is in error.log.
+"""
 from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
+from pydantic import BaseModel
 
-from rlcomp.cluster import init_ray
+from rlcomp.cluster import HELD, dead_actors, init_ray
+from rlcomp.config import RecipeError, StageError
 from rlcomp.report import MetricLogger, console, eval_table, write_atomic, write_json
 
 
@@ -20,6 +29,7 @@ class Run:
     seed: int
     logger: MetricLogger
     evals: list[dict] = field(default_factory=list)
+    precision: dict[str, dict] = field(default_factory=dict)  # stage -> role -> what its device chose
     stage: str = ""
     resume: bool = False  # continue an interrupted run in output_dir: skip finished stages, load checkpoints
 
@@ -35,27 +45,102 @@ class Run:
         self.evals.append({"stage": self.stage, **result})
         self.write_summary()
 
+    def record_precision(self, role: str, choice: dict) -> None:
+        """Print and keep what a learner or engine computes in (rlcomp/device.py decides it on its device)."""
+        from rlcomp.device import describe
+
+        if choice["warning"] and not any(c["warning"] for s in self.precision.values() for c in s.values()):
+            console.print(f"[yellow]warning:[/] {choice['warning']}")  # once per run
+        self.precision.setdefault(self.stage, {})[role] = choice
+        console.print(f"{self.stage}: {role} computes in {describe(choice)}")
+        self.write_summary()
+
     def write_summary(self, **extra) -> None:
-        write_json(self.output_dir / "summary.json", {"evals": self.evals, **extra})
+        write_json(self.output_dir / "summary.json", {"evals": self.evals, "precision": self.precision, **extra})
 
 
 def default_output_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = False) -> dict:
+def data_specs(node, path: str):
+    """(key path, DataSpec) for every `data:`-like block anywhere in a validated recipe."""
+    from rlcomp.data import DataSpec
+
+    if isinstance(node, DataSpec):
+        yield path, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from data_specs(getattr(node, name), f"{path}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            yield from data_specs(item, f"{path}.{i}")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from data_specs(item, f"{path}.{key}")
+
+
+def check_data(recipe) -> None:
+    """Load every synthetic task and local file a recipe names; a bad row raises RecipeError naming it.
+    Hub dataset names are loaded by their stage (there may be no hub here, or it may be slow)."""
+    from rlcomp.data import TASKS, load_examples
+
+    for i, stage in enumerate(recipe.stages):
+        for path, spec in data_specs(stage, f"stages.{i}"):
+            if spec.path is None and spec.dataset not in TASKS and not Path(spec.dataset).exists():
+                continue
+            try:
+                examples = load_examples(spec)
+            except ValueError as exc:
+                raise RecipeError(f"stage {stage.name} ({path}): {exc}") from None
+            if not examples:
+                raise RecipeError(f"stage {stage.name} ({path}): {spec.path or spec.dataset} has no examples")
+
+
+def default_resume_command(out: Path) -> str:
+    return f"run_recipe(recipe, {str(out)!r}, resume=True)"
+
+
+def stage_error(stage: str, exc: BaseException, out: Path, resume_command: str) -> StageError:
+    """One line for the user about a failed stage; the whole traceback goes to out/error.log."""
+    from rlcomp.checkpoint import latest_checkpoint
+
+    log = out / "error.log"
+    write_atomic(log, f"stage {stage}\n" + "".join(traceback.format_exception(exc)))
+    if dead := dead_actors(exc):
+        checkpoint = latest_checkpoint(out / "stages" / stage)
+        saved = f"last checkpoint {checkpoint}" if checkpoint else "no checkpoint of this stage yet (it restarts)"
+        message = (f"{' and '.join(dead)} died (killed, or out of memory); {saved}; resume with: {resume_command}")
+    else:
+        from rlcomp.cluster import PlacementError
+        from rlcomp.rewards import RewardError
+
+        cause = exc
+        while getattr(cause, "cause", None) is not None:  # a Ray task error wraps what the actor raised
+            cause = cause.cause
+        lines = str(cause).strip().splitlines() or [""]
+        # rlcomp's own errors say what happened; anything else is named by its type too.
+        ours = isinstance(cause, (PlacementError, RewardError, ValueError))
+        message = (lines[0] if ours else f"{type(cause).__name__}: {lines[0]}").removeprefix(f"stage {stage}: ")
+    return StageError(f"stage {stage}: {message} (traceback: {log})", log)
+
+
+def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = False,
+               resume_command: Callable[[Path], str] = default_resume_command) -> dict:
     """Run every stage of a validated recipe; returns the summary (also written to summary.json).
     With `resume`, stages that finished in `output_dir` are skipped and an interrupted stage continues from
-    its last checkpoint."""
+    its last checkpoint. A failing stage raises StageError (one line; traceback in output_dir/error.log)."""
     from rlcomp.stages import STAGES
 
+    check_data(recipe)
     out = Path(output_dir or recipe.output_dir or default_output_dir())
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     init_ray(recipe.cluster.address, recipe.cluster.num_cpus)
     run = Run(output_dir=out, seed=recipe.seed, logger=MetricLogger(out / "tensorboard"), resume=resume)
     if resume and (out / "summary.json").is_file():
-        run.evals = json.loads((out / "summary.json").read_text())["evals"]
+        earlier = json.loads((out / "summary.json").read_text())
+        run.evals, run.precision = earlier["evals"], earlier.get("precision", {})
     model = recipe.model
     started = time.time()
     try:
@@ -68,7 +153,12 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
                 continue
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
             stage_started = time.time()
-            produced = STAGES[stage.type].run(stage, run, stage.model or model)
+            try:
+                produced = STAGES[stage.type].run(stage, run, stage.model or model)
+            except Exception as exc:
+                raise stage_error(stage.name, exc, out, resume_command(out)) from exc
+            finally:
+                HELD.clear()  # a stage's actors end with it
             model = produced or model
             write_json(done_marker, {"model": produced, "seconds": round(time.time() - stage_started, 1)})
             console.print(f"stage {stage.name} done in {time.time() - stage_started:.0f}s" +

@@ -57,7 +57,11 @@ class HFEngine:
         self.tokenizer = load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
         self.device = torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
+        from rlcomp.device import engine_precision
+
+        self.precision = engine_precision(device)
+        dtype = torch.bfloat16 if self.precision["used"] == "bf16" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
@@ -114,7 +118,10 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: ~260k tokens of the embedded model
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, seed=seed, dtype="float32" if device == "cpu" else "bfloat16",
+        from rlcomp.device import engine_precision
+
+        self.precision = engine_precision(device)
+        self.llm = LLM(model=model_path, seed=seed, dtype="bfloat16" if self.precision["used"] == "bf16" else "float32",
                        enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True,
                        enable_sleep_mode=sleep)
         self.tokenizer = self.llm.get_tokenizer()
@@ -204,9 +211,11 @@ class RolloutWorker:
 
         self.engine.load_weights(receive_weights(self.weight_group, specs, self.device))
 
-    def pad_token_id(self) -> int:
+    def describe(self) -> tuple[int, dict]:
+        """The pad token id, and the precision the engine computes in."""
         tokenizer = self.engine.tokenizer
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return pad, self.engine.precision
 
 
 class RolloutGroup:
@@ -216,20 +225,24 @@ class RolloutGroup:
                  cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False):
         import ray
 
-        device = "cuda" if gpus_per_worker else "cpu"
-        engine = resolve_engine(engine)
-        actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-        self.workers = [actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep)
-                        for i in range(workers)]
-        self.engine = engine
+        from rlcomp.cluster import PlacementError, fmt_resources, name_actor, reserve
         from rlcomp.learner import PLACEMENT_TIMEOUT_S
 
+        device = "cuda" if gpus_per_worker else "cpu"
+        engine = resolve_engine(engine)
+        bundle = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
+        self.reservation = reserve(f"rollout workers ({workers} x {fmt_resources(bundle)})", [bundle] * workers)
+        actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        self.workers = [name_actor(actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep),
+                                   f"rollout worker {i}") for i in range(workers)]
+        self.engine = engine
         try:  # an actor that cannot be scheduled would otherwise wait forever
-            self.pad_token_id = ray.get(self.workers[0].pad_token_id.remote(), timeout=PLACEMENT_TIMEOUT_S)
+            self.pad_token_id, self.precision = ray.get(self.workers[0].describe.remote(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             self.shutdown()
-            raise RuntimeError(f"rollout workers ({workers} x {cpus_per_worker} CPU, {gpus_per_worker} GPU) did not "
-                               f"start within {PLACEMENT_TIMEOUT_S}s; free: {ray.available_resources()}") from None
+            raise PlacementError(f"rollout workers ({workers} x {fmt_resources(bundle)}) did not start within "
+                                 f"{PLACEMENT_TIMEOUT_S:g}s: the cluster has {fmt_resources(ray.available_resources())} free; "
+                                 "other jobs hold the rest") from None
 
     def generate(self, examples: list[Example], params: SamplingParams, chunk: int | None = None,
                  on_done=None) -> list[list[Sample]]:
@@ -261,7 +274,7 @@ class RolloutGroup:
         ray.get([w.load_weights.remote(state_dict) for w in self.workers])
 
     def shutdown(self) -> None:
-        import ray
+        from rlcomp.cluster import kill, release
 
-        for w in self.workers:
-            ray.kill(w)
+        kill(self.workers)
+        release(self.reservation)

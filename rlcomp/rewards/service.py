@@ -39,6 +39,13 @@ class RewardService:
 
 def start_reward_service(spec: RewardSpec | dict, reference: ReferenceTable | None = None, num_cpus: int = 1):
     """A `RewardService` actor using `num_cpus` cores, with the driver's registered functions that the spec uses."""
+    import weakref
+
+    from rlcomp.cluster import name_actor, release, reserve
+
     spec = RewardSpec.model_validate(spec)
     functions = {p.name: REGISTRY[p.name] for p in spec.parts if isinstance(p, CustomPart) and p.name in REGISTRY}
-    return RewardService.options(num_cpus=num_cpus).remote(spec, reference, functions)
+    reservation = reserve(f"reward service ({num_cpus} CPU)", [{"CPU": num_cpus}])
+    service = RewardService.options(num_cpus=num_cpus).remote(spec, reference, functions)
+    weakref.finalize(service, release, reservation)  # Ray ends the actor when its last handle goes
+    return name_actor(service, "reward service")

@@ -63,6 +63,7 @@ def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
     rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker)
+    run.record_precision(f"{rollout.engine} engine", rollout.precision)
     try:
         result, samples = evaluate(cfg, rollout)
     finally:

@@ -142,9 +142,12 @@ def run(cfg: Config, run, model: str | None) -> str:
     policy = LearnerGroup(model, cfg.learner, cfg.optim, cfg.max_steps * cfg.updates_per_step, run.seed)
     sync = WeightSync(policy, rollout, cfg.rollout.weight_sync)
     critic = LearnerGroup(model, cfg.learner, cfg.critic_optim, cfg.max_steps * cfg.updates_per_step, run.seed,
-                          critic=True) if cfg.algorithm == "ppo" else None
+                          critic=True, name="critic") if cfg.algorithm == "ppo" else None
     needs_ref = cfg.loss.kl_coef > 0 or cfg.kl_in_reward > 0
-    reference = LearnerGroup(model, cfg.learner, None) if needs_ref else None
+    reference = LearnerGroup(model, cfg.learner, None, name="reference") if needs_ref else None
+    run.record_precision(f"{rollout.engine} engine", rollout.precision)
+    for group in filter(None, (policy, critic, reference)):
+        run.record_precision(group.name, group.precision)
     rewards = start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_tokens, logprobs=True)

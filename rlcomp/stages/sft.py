@@ -41,6 +41,7 @@ def run(cfg: Config, run, model: str | None) -> str:
         raise ValueError(f"stage {run.stage}: {len(sequences)} examples are fewer than batch_size {cfg.batch_size}")
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     group = LearnerGroup(model, cfg.learner, cfg.optim, total_steps=total, seed=run.seed)
+    run.record_precision("learner", group.precision)
     n_micro = max(cfg.micro_batches or 0, group.world_size)
     output = run.stage_dir() / "model"
     epoch_steps: list = []
