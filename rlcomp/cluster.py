@@ -1,6 +1,7 @@
 """The Ray cluster a run uses: an embedded local one by default, or an existing one via RAY_ADDRESS."""
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 
@@ -18,10 +19,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a stale token file would otherwise turn auth on
+    # When one learner rank dies, the others fail too (their collective lost a peer). The stage reports the
+    # first failure in one line; Ray would print each sibling's as an "Unhandled error" traceback.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
     else:
         ray.init(
             # Logical CPUs for scheduling. Rollout workers, learners and the reward service take turns on a
@@ -31,6 +35,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             runtime_env=runtime_env,
             log_to_driver=True,
+            logging_level=logging.WARNING,  # stderr is for what went wrong: no "Started a local Ray instance"
         )
 
 
