@@ -1,8 +1,8 @@
 """Training tokens/s in fp32 and in bf16 autocast on this machine, and which one `mixed_precision: auto` picks.
 
 The quickstart's SFT step (verbose addition chains, batch 32, length-bucketed, AdamW) through the real
-LearnerGroup, for two sizes of the embedded Qwen2: the quickstart's ~1.1M parameters (hidden 128) and ~13M
-(hidden 512). Each precision runs alternately (`--repeats`), the median run of each reported; then a group
+LearnerGroup, for two sizes of the embedded Qwen2: the quickstart's ~1.1M parameters (hidden 128) and
+~17M (hidden 512). Each precision runs alternately (`--repeats`), the median run of each reported; then a group
 with `auto` reports what it chose. On a processor without bf16 instructions bf16 is emulated and many times
 slower; with AVX512-BF16/AMX it pays where matrix products dominate. Run it on a quiet machine.
 
@@ -30,7 +30,7 @@ from rlcomp.models import count_parameters, load_tokenizer, make_tiny_model
 from rlcomp.report import write_atomic, write_json
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = [(128, 4), (512, 8)]  # (hidden, heads): the quickstart's model, and a 13M one
+MODELS = [(128, 4), (512, 8)]  # (hidden, heads): the quickstart's model, and a 17M one
 
 
 def measure(model: str, steps, precision: str, args) -> tuple[float, dict]:
@@ -52,7 +52,7 @@ def measure(model: str, steps, precision: str, args) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps (a quarter of it for the 13M model)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (a quarter of it for the 17M model)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
