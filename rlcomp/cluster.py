@@ -26,6 +26,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
+        from rlcomp.report import console
+
+        total = ray.cluster_resources()
+        console.print(f"joined the Ray cluster at {ray.get_runtime_context().gcs_address} "
+                      f"({fmt_resources({k: total.get(k, 0) for k in ('CPU', 'GPU')})})")
     else:
         ray.init(
             # Logical CPUs for scheduling. Rollout workers, learners and the reward service take turns on a

@@ -68,7 +68,7 @@ def submit(address: str, env: dict, entrypoint: list[str]) -> subprocess.Complet
     out = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", *entrypoint],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert "Connecting to existing Ray cluster" in out.stdout  # the driver joined this cluster
+    assert "joined the Ray cluster at" in out.stdout  # the driver joined this cluster, not a new one of its own
     return out
 
 
