@@ -63,16 +63,17 @@ def fmt_resources(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if v) or "nothing"
 
 
+def add_resources(dicts) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for resources in dicts:
+        for k, v in resources.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def reserve(what: str, bundles: list[dict[str, float]]) -> int:
     """Record that `what` is about to place `bundles`; raise PlacementError if the cluster never could."""
-    asked: dict[str, float] = {}
-    for bundle in bundles:
-        for k, v in bundle.items():
-            asked[k] = asked.get(k, 0) + v
-    held: dict[str, float] = {}
-    for _, resources in HELD.values():
-        for k, v in resources.items():
-            held[k] = held.get(k, 0) + v
+    asked, held = add_resources(bundles), add_resources(r for _, r in HELD.values())
     total = ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     short = [k for k, v in asked.items() if v and held.get(k, 0) + v > total.get(k, 0) + 1e-9]

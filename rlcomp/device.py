@@ -16,23 +16,22 @@ Precision = Literal["auto", "bf16", "fp32"]
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def cpu_flags() -> set[str]:
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
-        return set()
-    for line in info.read_text().splitlines():
-        if line.startswith(("flags", "Features")):  # x86 / aarch64
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first `field : value` line of /proc/cpuinfo (Linux), or None."""
     info = Path("/proc/cpuinfo")
     if info.is_file():
         for line in info.read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or cpuinfo("Features") or "").split())  # x86 / aarch64
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def native_bf16(device: str = "cpu") -> bool:
