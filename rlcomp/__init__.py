@@ -15,6 +15,7 @@ _EXPORTS = {
     "Example": "rlcomp.sample", "Sample": "rlcomp.sample", "reward": "rlcomp.rewards",
     "RewardSpec": "rlcomp.rewards", "Scorer": "rlcomp.rewards", "RewardService": "rlcomp.rewards",
     "start_reward_service": "rlcomp.rewards", "verify": "rlcomp.rewards", "aes": "rlcomp.rewards",
+    "PromptSpec": "rlcomp.prompts", "PromptRenderer": "rlcomp.prompts",
 }
 __all__ = list(_EXPORTS)
 

@@ -10,13 +10,19 @@ import random
 import torch
 
 from rlcomp.losses import IGNORE
+from rlcomp.prompts import PromptRenderer, PromptSpec
 
 Sequence = tuple[list[int], int]  # (ids, prompt_length)
 
 
-def tokenize_examples(tokenizer, examples, max_length: int) -> list[Sequence]:
-    """prompt + response + EOS for each example, truncated to max_length."""
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+def tokenize_examples(tokenizer, examples, max_length: int, prompt: PromptSpec | None = None) -> list[Sequence]:
+    """Prompt + response for each example, truncated to max_length: with a chat template, the conversation as
+    it renders (the response is the assistant turn, its end-of-turn token included); else bare text + EOS."""
+    renderer = PromptRenderer(tokenizer, prompt)
+    if renderer.templated:
+        pairs = [renderer.sft_pair(e.prompt, e.response) for e in examples]
+        return [((p + r)[:max_length], len(p)) for p, r in pairs]
+    prompts = tokenizer([renderer.text(e.prompt) for e in examples], add_special_tokens=False)["input_ids"]
     responses = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     return [((p + r + [tokenizer.eos_token_id])[:max_length], len(p)) for p, r in zip(prompts, responses)]
 

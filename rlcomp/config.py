@@ -12,6 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlcomp.prompts import PromptSpec
+
 
 class RecipeError(ValueError):
     """A recipe problem, reported to the user in one line naming the key path."""
@@ -83,6 +85,7 @@ class StageConfig(Strict):
 
     name: str | None = None
     model: str | None = None  # input model; default: the previous stage's output (or the recipe's `model`)
+    prompt: PromptSpec | None = None  # how prompts meet the model (rlcomp/prompts.py); default: the recipe's
 
     _check_model = field_validator("model")(classmethod(lambda cls, v: check_model_path(v)))
 
@@ -99,6 +102,7 @@ def build_recipe_model():
         model: str | None = None
         seed: int = 0
         output_dir: str | None = None
+        prompt: PromptSpec = PromptSpec()  # every stage's, unless the stage sets its own
         cluster: ClusterConfig = ClusterConfig()
         stages: list[stage_union()] = Field(min_length=1)
 
@@ -109,6 +113,7 @@ def build_recipe_model():
             seen = set()
             for i, stage in enumerate(self.stages):
                 stage.name = stage.name or f"{i}_{stage.type}"
+                stage.prompt = stage.prompt or self.prompt
                 if stage.name in seen:
                     raise ValueError(f"stage name {stage.name!r} is used twice")
                 seen.add(stage.name)
@@ -175,6 +180,8 @@ def smoke_recipe(raw: dict) -> dict:
                     v = min(v, SMOKE_CAPS[k])
                 elif k in ("model", "table", "reference") and isinstance(v, str):
                     continue  # a real model, or a precomputed table: replaced by the tiny model
+                elif k == "prompt" and isinstance(v, dict):
+                    continue  # a real model's chat template and system message: the tiny model has neither
                 elif k in ("verifier", "engine") and isinstance(v, str):
                     v = "auto"
                 else:

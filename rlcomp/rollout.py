@@ -6,6 +6,8 @@ token ids and per-token logprobs) and `load_weights(named_tensors)`:
 - `hf`: transformers' `generate`, for CPU and tests.
 Logprobs are those of the distribution sampled from: log_softmax(logits / temperature) (temperature 1 for
 greedy), the same quantity the learner recomputes, so the two can be compared and used as the old policy.
+Both engines take the prompt token ids `RolloutGroup` rendered (rlcomp/prompts.py) and stop at EOS or at the
+chat template's end-of-turn token.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Iterable
 
 import torch
 
+from rlcomp.prompts import PromptRenderer, PromptSpec, thinking_tokens
 from rlcomp.sample import Example, Sample
 
 
@@ -28,6 +31,25 @@ class SamplingParams:
     batch_size: int = 128  # prompts x n per generate call (hf engine)
     logprobs: bool = False
     seed: int | None = None  # set per rollout step, so a resumed run samples what the original would have
+    stop_token_ids: list[int] | None = None  # besides EOS: the chat template's end-of-turn token (RolloutGroup sets it)
+
+
+def prompt_ids(tokenizer, example: Example) -> list[int]:
+    """The rendered prompt's ids; a bare text prompt (engines driven directly, as in tests) is tokenized as is."""
+    if example.prompt_ids is not None:
+        return example.prompt_ids
+    if not isinstance(example.prompt, str):
+        raise ValueError(f"example {example.id!r}: a conversational prompt must be rendered first "
+                         "(RolloutGroup.generate does it with the stage's prompt spec)")
+    return tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+
+
+def make_sample(tokenizer, example: Example, group: int, ids: list[int], response_ids: list[int], text: str,
+                logprobs: list[float] | None, finished: bool) -> Sample:
+    return Sample(prompt=example.prompt, response=text, answer=example.answer, prompt_ids=ids,
+                  response_ids=response_ids, logprobs=logprobs, finished=finished, group=group,
+                  data_source=example.data_source, extra=example.extra,
+                  thinking_tokens=thinking_tokens(tokenizer, ids, response_ids))
 
 
 def engine_available(name: str) -> bool:
@@ -55,7 +77,6 @@ class HFEngine:
         from rlcomp.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)
-        self.tokenizer.padding_side = "left"  # generation continues at the right edge of every row
         self.device = torch.device(device)
         from rlcomp.device import engine_precision
 
@@ -71,36 +92,42 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         groups: list[list[Sample]] = [[] for _ in examples]
+        ids = [prompt_ids(self.tokenizer, e) for e in examples]
         # Each prompt repeated n times; rows sorted by prompt length so batches pad little.
-        rows = sorted(((i, e) for i, e in enumerate(examples) for _ in range(params.n)), key=lambda r: len(r[1].prompt))
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        rows = sorted((i for i in range(len(examples)) for _ in range(params.n)), key=lambda i: len(ids[i]))
+        pad = self.tokenizer.pad_token_id
+        stop = sorted({self.tokenizer.eos_token_id, *(params.stop_token_ids or [])})
         sampling = params.temperature > 0
         if params.seed is not None:
             torch.manual_seed(params.seed)
         for start in range(0, len(rows), params.batch_size):
             chunk = rows[start : start + params.batch_size]
-            enc = self.tokenizer([e.prompt for _, e in chunk], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros_like(input_ids)
+            for row, i in enumerate(chunk):  # left padding: generation continues at the right edge of every row
+                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+                attention[row, width - len(ids[i]):] = 1
             out = self.model.generate(
-                **enc, max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=eos,
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=stop,
                 return_dict_in_generate=True, output_logits=params.logprobs,
                 **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
             )
-            new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
+            new_tokens = out.sequences[:, width:]
             logprobs = None
             if params.logprobs:  # raw logits of each step -> log-prob of the token actually drawn
                 logits = torch.stack(out.logits, dim=1).float() / (params.temperature if sampling else 1.0)
                 logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-            for row, ((i, example), prompt_ids) in enumerate(zip(chunk, enc["input_ids"].tolist())):
-                ids = new_tokens[row].tolist()
-                finished = eos in ids
-                length = ids.index(eos) + 1 if finished else len(ids)  # keep EOS: the policy must learn to stop
-                groups[i].append(Sample(
-                    prompt=example.prompt, response=self.tokenizer.decode(ids[:length], skip_special_tokens=True),
-                    answer=example.answer, prompt_ids=[t for t in prompt_ids if t != pad], response_ids=ids[:length],
-                    logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
-                    finished=finished, group=i, data_source=example.data_source, extra=example.extra,
-                ))
+            for row, i in enumerate(chunk):
+                generated = new_tokens[row].tolist()
+                end = next((k for k, t in enumerate(generated) if t in stop), None)
+                length = end + 1 if end is not None else len(generated)  # keep EOS: the policy must learn to stop
+                response_ids = generated[:length]
+                groups[i].append(make_sample(
+                    self.tokenizer, examples[i], i, ids[i], response_ids,
+                    self.tokenizer.decode(response_ids, skip_special_tokens=True),
+                    logprobs[row, :length].tolist() if logprobs is not None else None, end is not None))
         return groups
 
 
@@ -155,11 +182,10 @@ class VLLMEngine:
 
         sampling = VLLMParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                               max_tokens=params.max_tokens, logprobs=0 if params.logprobs else None,
-                              skip_special_tokens=True, seed=params.seed)
-        prompts = [{"prompt_token_ids": self.tokenizer(e.prompt, add_special_tokens=False)["input_ids"]}
-                   for e in examples]
+                              skip_special_tokens=True, seed=params.seed, stop_token_ids=params.stop_token_ids)
+        prompts = [{"prompt_token_ids": prompt_ids(self.tokenizer, e)} for e in examples]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        eos = self.tokenizer.eos_token_id
+        stop = {self.tokenizer.eos_token_id, *(params.stop_token_ids or [])}
         groups = []
         for i, (example, output) in enumerate(zip(examples, outputs)):
             group = []
@@ -168,12 +194,9 @@ class VLLMEngine:
                 logprobs = None
                 if params.logprobs:
                     logprobs = [entry[token].logprob for token, entry in zip(ids, completion.logprobs)]
-                group.append(Sample(
-                    prompt=example.prompt, response=completion.text, answer=example.answer,
-                    prompt_ids=list(output.prompt_token_ids), response_ids=ids, logprobs=logprobs,
-                    finished=completion.finish_reason == "stop" and bool(ids) and ids[-1] == eos, group=i,
-                    data_source=example.data_source, extra=example.extra,
-                ))
+                finished = completion.finish_reason == "stop" and bool(ids) and ids[-1] in stop
+                group.append(make_sample(self.tokenizer, example, i, list(output.prompt_token_ids), ids,
+                                         completion.text, logprobs, finished))
             groups.append(group)
         return groups
 
@@ -222,14 +245,17 @@ class RolloutGroup:
     """Driver-side handle on N rollout workers: splits prompts among them, returns groups in input order."""
 
     def __init__(self, model_path: str, engine: str = "auto", workers: int = 1, gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False):
+                 cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False, prompt: PromptSpec | None = None):
         import ray
 
         from rlcomp.cluster import PlacementError, fmt_resources, name_actor, reserve
         from rlcomp.learner import PLACEMENT_TIMEOUT_S
+        from rlcomp.models import load_tokenizer
 
         device = "cuda" if gpus_per_worker else "cpu"
         engine = resolve_engine(engine)
+        # Prompts are rendered here, once, so that every engine and worker gets the same token ids.
+        self.renderer = PromptRenderer(load_tokenizer(model_path), prompt)
         bundle = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
         self.reservation = reserve(f"rollout workers ({workers} x {fmt_resources(bundle)})", [bundle] * workers)
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
@@ -248,6 +274,10 @@ class RolloutGroup:
                  on_done=None) -> list[list[Sample]]:
         import ray
 
+        examples = [e if e.prompt_ids is not None else replace(e, prompt_ids=self.renderer.ids(e.prompt))
+                    for e in examples]
+        if params.stop_token_ids is None:
+            params = replace(params, stop_token_ids=self.renderer.stop_ids)
         chunk = chunk or max(1, -(-len(examples) // len(self.workers)))
         pending = {}
         for i, start in enumerate(range(0, len(examples), chunk)):

@@ -26,3 +26,24 @@ def tiny_model(tmp_path_factory):
 
     return str(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_layers=2,
                                num_heads=2, intermediate_size=128, max_position_embeddings=256))
+
+
+CHAT_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen2.5_chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def chat_model(tiny_model, tmp_path_factory):
+    """The tiny model with a chat model's tokenizer: Qwen2.5's special tokens and its chat template (plus a
+    Qwen3-style thinking switch). EOS stays <|endoftext|>, so the end-of-turn token <|im_end|> is another id."""
+    import shutil
+
+    from rlcomp.models import load_tokenizer
+
+    path = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_model, path)
+    tokenizer = load_tokenizer(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.chat_template = open(CHAT_TEMPLATE).read()
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -193,7 +193,9 @@ def test_generic_jsonl_and_parquet(tmp_path):
     rows = load_examples(DataSpec(dataset="mine", path=str(FIXTURES / "generic.jsonl"), **keys))
     assert [e.answer for e in rows] == ["5", "100", "B"]
     assert rows[0].prompt.startswith("What is 2+3?") and rows[0].response == "2+3=5."
-    assert rows[0].extra == {"id": "q1", "level": 1} and rows[0].id == "q1"
+    # every column by its own name, as TRL passes them to reward functions
+    assert rows[0].extra == {"id": "q1", "level": 1, "query": "What is 2+3?", "target": 5,
+                             "explanation": "2+3=5."} and rows[0].id == "q1"
     table = pa.Table.from_pylist([{"problem": "1+1?", "answer": "2"}, {"problem": "2+2?", "answer": "4"}])
     pq.write_table(table, tmp_path / "d.parquet")
     spec = DataSpec(dataset="mine", path=str(tmp_path / "d.parquet"), prompt_template="{question} ")

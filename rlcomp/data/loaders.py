@@ -1,7 +1,9 @@
 """`DataSpec` (the `data:` block of a recipe) and `load_examples`, which turns it into `Example`s.
 
 Sources: a synthetic task, a known benchmark file format (gsm8k, math500, aime, amc) read from a local path,
-a generic .jsonl/.parquet file, or a Hugging Face dataset name (loaded only when used).
+a generic .jsonl/.parquet file, or a Hugging Face dataset name (loaded only when used). Generic rows may be
+conversational as TRL and HF datasets are: `prompt` a list of messages (with `completion` a list holding the
+assistant message), or `messages` a whole conversation whose last message is the assistant's response.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from rlcomp.data.synthetic import TASKS
+from rlcomp.prompts import PromptSpec, check_question_template, is_conversational, wrap_question
 from rlcomp.sample import Example
 
 MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -20,7 +23,7 @@ MATH_TEMPLATE = "{question}\nPlease reason step by step, and put your final answ
 GSM8K_TEMPLATE = "{question}\nLet's think step by step and output the final answer after \"####\"."
 FORMATS = ("gsm8k", "math500", "aime", "amc")
 ALIASES = {"aime24": "aime", "aime25": "aime", "amc23": "amc"}  # the folder names under shared/data
-QUESTION_KEYS = ("question", "problem", "prompt", "input")
+QUESTION_KEYS = ("question", "problem", "prompt", "input", "messages")
 ANSWER_KEYS = ("answer", "solution", "output")
 RESPONSE_KEYS = ("response", "solution", "completion")
 
@@ -64,13 +67,7 @@ class DataSpec(BaseModel):
     @field_validator("prompt_template")
     @classmethod
     def _template_formats(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                v.format(question="")
-            except (KeyError, IndexError, ValueError) as e:
-                raise ValueError(f"prompt_template must be a format string using only {{question}} "
-                                 f"(write literal braces as {{{{ }}}}, e.g. \\boxed{{{{}}}}): {e!r}") from None
-        return v
+        return check_question_template(v, "prompt_template")
 
     @model_validator(mode="after")
     def _format_needs_path(self) -> DataSpec:
@@ -83,8 +80,11 @@ class DataSpec(BaseModel):
         return self.verifier or verifier_for(self.dataset)
 
 
-def load_examples(spec: DataSpec) -> list[Example]:
-    """The examples a spec describes, in a deterministic order (files: their own order, capped at n)."""
+def load_examples(spec: DataSpec, prompt: PromptSpec | None = None) -> list[Example]:
+    """The examples a spec describes, in a deterministic order (files: their own order, capped at n).
+    A prompt spec's `instruction` replaces the dataset's wording of the question (`prompt_template`)."""
+    if prompt is not None and prompt.instruction:
+        spec = spec.model_copy(update={"prompt_template": prompt.instruction})
     if spec.dataset in TASKS:
         examples = TASKS[spec.dataset].generate(spec.n or 1000, spec.split, spec.seed, spec.cot, **spec.options)
         if spec.prompt_template:
@@ -169,12 +169,20 @@ def _answer_str(value: Any) -> str:
     return str(int(text)) if text.isascii() and text.isdigit() else text
 
 
-def _prompt(spec: DataSpec, question: str, default: str) -> str:
-    return (spec.prompt_template or default).format(question=question)
+def _prompt(spec: DataSpec, question, default: str):
+    """The question in the dataset's wording; a conversation is left as it is unless a template is asked for."""
+    template = spec.prompt_template or (None if is_conversational(question) else default)
+    return wrap_question(question, template) if template else question
 
 
-def _extra(row: dict, used: set[str]) -> dict:
-    return {k: v for k, v in row.items() if k not in used}
+def _content(value) -> str:
+    """A response column's text: a string, or the assistant message of a conversational completion."""
+    if is_conversational(value):
+        assistant = [m for m in value if m["role"] == "assistant"]
+        if not assistant:
+            raise ValueError("the completion has no assistant message")
+        return str(assistant[-1]["content"])
+    return str(value)
 
 
 def _gsm8k(spec: DataSpec, row: dict, line: int) -> Example:
@@ -186,7 +194,7 @@ def _gsm8k(spec: DataSpec, row: dict, line: int) -> Example:
     response = re.sub(r"<<[^>]*>>", "", body).rstrip() + f"\n#### {final.strip()}"
     return Example(prompt=_prompt(spec, row["question"], GSM8K_TEMPLATE), answer=final.strip().replace(",", ""),
                    response=response, id=str(row.get("id", f"{spec.dataset}-{line}")), data_source=spec.dataset,
-                   extra=_extra(row, {"question", "answer"}))
+                   extra=dict(row))
 
 
 def _math(spec: DataSpec, row: dict, line: int) -> Example:
@@ -198,7 +206,7 @@ def _math(spec: DataSpec, row: dict, line: int) -> Example:
     response = "" if _answer_str(solution) == answer else solution
     rid = row.get("unique_id", row.get("id", f"{spec.dataset}-{line}"))
     return Example(prompt=_prompt(spec, question, MATH_TEMPLATE), answer=answer, response=response, id=str(rid),
-                   data_source=spec.dataset, extra=_extra(row, {"problem", "question", "answer", "solution"}))
+                   data_source=spec.dataset, extra=dict(row))
 
 
 def _generic(spec: DataSpec, row: dict, line: int) -> Example:
@@ -207,11 +215,21 @@ def _generic(spec: DataSpec, row: dict, line: int) -> Example:
     answer = _answer_str(row[a])
     if "####" in answer:  # a GSM8K-style solution: the answer is what follows ####
         answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    question, response = row[q], ""
+    if q == "messages":  # a whole conversation: the last message is the response to the ones before it
+        if not is_conversational(question) or not question or question[-1]["role"] != "assistant":
+            raise ValueError("`messages` must be a list of {role, content} ending with an assistant message")
+        question, response = question[:-1], str(question[-1]["content"])
+    elif not is_conversational(question):
+        if isinstance(question, list):
+            raise ValueError(f"`{q}` is a list but not of {{role, content}} messages")
+        question = str(question)
     r = spec.response_key or next((k for k in RESPONSE_KEYS if k in row and k != a), None)
-    response = str(row[r]) if r is not None else ""
-    return Example(prompt=_prompt(spec, str(row[q]), MATH_TEMPLATE), answer=answer, response=response,
+    if r is not None and not response:
+        response = _content(row[r])
+    return Example(prompt=_prompt(spec, question, MATH_TEMPLATE), answer=answer, response=response,
                    id=str(row.get("id", f"{spec.dataset}-{line}")), data_source=spec.dataset,
-                   extra=_extra(row, {q, a, r}))
+                   extra=dict(row))
 
 
 _CONVERTERS = {"gsm8k": _gsm8k, "math500": _math, "aime": _math, "amc": _math}

@@ -94,7 +94,8 @@ class AroraZanettePart(_Part):
 
 class CustomPart(_Part):
     name: str  # @reward-registered name, module:function, or path/to/file.py:function
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {}  # keyword arguments of every call
+    factory_args: dict[str, Any] | None = None  # `name` is a factory: called once with these, it gives the function
     form: Literal[FORMS] | None = None  # calling convention; detected from the parameter names when omitted
 
 
@@ -178,16 +179,18 @@ def _each_group(fn: Callable[[list[Sample]], list[float]]):
 
 
 def build_parts(spec: RewardSpec, reference: ReferenceTable | None = None,
-                functions: dict[str, RewardFunction] | None = None) -> list[Part]:
+                functions: dict[str, RewardFunction] | None = None,
+                log_metric: Callable[[str, float], None] | None = None) -> list[Part]:
     """The parts of a spec as functions of (groups, step). `functions`: custom functions by name, which take
-    precedence over the `@reward` registry (a Ray actor gets the driver's registrations this way)."""
-    return [Part(p.name, p.weight, _part_scores(p, reference, functions)) for p in spec.parts]
+    precedence over the `@reward` registry (a Ray actor gets the driver's registrations this way);
+    `log_metric(name, value)` receives what TRL-form functions log."""
+    return [Part(p.name, p.weight, _part_scores(p, reference, functions, log_metric)) for p in spec.parts]
 
 
-def _part_scores(p, reference, functions):  # noqa: C901 - one branch per builtin part
+def _part_scores(p, reference, functions, log_metric=None):  # noqa: C901 - one branch per builtin part
     if isinstance(p, CustomPart):
-        fn = resolve(p.name, p.form, functions)
-        return lambda groups, step: fn.scores(groups, step, p.params)
+        fn = resolve(p.name, p.form, functions, p.factory_args)
+        return lambda groups, step: fn.scores(groups, step, p.params, log_metric)
     if isinstance(p, AccuracyPart):
         return _each_sample(lambda s: s.rewards["accuracy"])
     if isinstance(p, O1PrunerPart):

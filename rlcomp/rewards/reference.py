@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlcomp.rewards.files import atomic_write
-from rlcomp.sample import Sample
+from rlcomp.sample import Sample, prompt_key
 
 FORMAT = "rlcomp.reference/1"
 
@@ -26,7 +26,7 @@ class ReferenceTable:
     @classmethod
     def from_groups(cls, groups: list[list[Sample]]) -> ReferenceTable:
         """Statistics of scored reference samples (`sample.rewards["accuracy"]` set, e.g. by `Scorer.score`).
-        Samples are keyed by prompt text, so one prompt may be spread over several groups."""
+        Samples are keyed by prompt (`prompt_key`), so one prompt may be spread over several groups."""
         lengths: dict[str, list[int]] = {}
         accuracies: dict[str, list[float]] = {}
         for g, group in enumerate(groups):
@@ -34,15 +34,16 @@ class ReferenceTable:
                 if "accuracy" not in s.rewards:
                     raise ValueError(f"sample {i} of group {g} has no rewards['accuracy']: score the reference "
                                      "samples first (Scorer.reference_table does)")
-                lengths.setdefault(s.prompt, []).append(s.length)
-                accuracies.setdefault(s.prompt, []).append(s.rewards["accuracy"])
+                lengths.setdefault(prompt_key(s.prompt), []).append(s.length)
+                accuracies.setdefault(prompt_key(s.prompt), []).append(s.rewards["accuracy"])
         return cls({p: Reference(sum(n) / len(n), sum(accuracies[p]) / len(n), len(n)) for p, n in lengths.items()})
 
-    def lookup(self, prompt: str) -> Reference:
+    def lookup(self, prompt) -> Reference:
         try:
-            return self.by_prompt[prompt]
+            return self.by_prompt[prompt_key(prompt)]
         except KeyError:
-            raise KeyError(f"prompt not in the O1-Pruner reference table ({len(self)} prompts): {prompt[:80]!r}") from None
+            raise KeyError(f"prompt not in the O1-Pruner reference table ({len(self)} prompts): "
+                           f"{prompt_key(prompt)[:80]!r}") from None
 
     def __len__(self) -> int:
         return len(self.by_prompt)

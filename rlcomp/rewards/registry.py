@@ -5,7 +5,11 @@ Forms, detected from parameter names (`form=` overrides):
 - "sample": `f(sample, **params) -> float`, one `Sample` at a time (rlcomp's own form);
 - "group":  `f(group, **params) -> list[float]`, the samples of one prompt (first parameter `group` or `samples`);
 - "verl":   `compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float | {"score": ...}`;
-- "trl":    `f(prompts, completions, **columns) -> list[float]`, the whole batch; as in TRL, None means 0 here.
+- "trl":    `f(prompts, completions, **columns) -> list[float]`, the whole batch, called as TRL's GRPOTrainer calls
+            it: prompts as the dataset has them, completions as text, or as `[{"role": "assistant", "content": ...}]`
+            for conversational prompts or when the `completions` annotation asks for dicts (TRL's shipped rewards),
+            `completion_ids`, every dataset column by its own name, `trainer_state` (its `global_step`), and the
+            `log_extra` (no-op here) and `log_metric` (logged as `reward_log/<name>`) hooks. As in TRL, None is 0.
 Any of them may be `async def`: the calls then run concurrently. A function with a `step` parameter gets the
 training step. Scores must be finite numbers. The verifier has run first: `sample.rewards["accuracy"]` is set.
 """
@@ -18,12 +22,14 @@ import inspect
 import math
 import numbers
 import sys
+import types
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rlcomp.prompts import is_conversational
 from rlcomp.sample import Sample
 
 FORMS = ("sample", "group", "verl", "trl")
@@ -61,7 +67,7 @@ def detect_form(fn: Callable) -> str:
     names = list(inspect.signature(fn).parameters)
     if {"solution_str", "ground_truth"} <= set(names):
         return "verl"
-    if "completions" in names:
+    if {"completions", "completion_ids", "prompts"} & set(names):
         return "trl"
     if names and names[0] in ("group", "samples"):
         return "group"
@@ -95,15 +101,32 @@ class RewardFunction:
             kwargs = {**kwargs, "step": step}
         return kwargs if self._takes_any else {k: v for k, v in kwargs.items() if k in self._takes}
 
-    def _calls(self, groups: list[list[Sample]], step: int, params: dict) -> list[tuple]:
+    def _completions_as_messages(self, prompts: list) -> bool:
+        """TRL gives messages for conversational prompts; a `completions` annotation naming dicts (as TRL's own
+        rewards have) or str decides for text prompts too."""
+        parameter = inspect.signature(self.fn).parameters.get("completions")
+        annotation = "" if parameter is None or parameter.annotation is inspect.Parameter.empty else str(
+            parameter.annotation)
+        if "dict" in annotation:
+            return True
+        if "str" in annotation:
+            return False
+        return bool(prompts) and is_conversational(prompts[0])
+
+    def _calls(self, groups: list[list[Sample]], step: int, params: dict, log_metric: Callable) -> list[tuple]:
         """(args, kwargs, where, positions) per call; positions are the (group, index) its scores go to."""
         if self.form == "trl":
             flat = [s for g in groups for s in g]
+            prompts = [s.prompt for s in flat]
+            completions = [[{"role": "assistant", "content": s.response}] for s in flat] \
+                if self._completions_as_messages(prompts) else [s.response for s in flat]
             columns = {"answer": [s.answer for s in flat], "data_source": [s.data_source for s in flat]}
-            for key in {k for s in flat for k in s.extra}:
-                columns[key] = [s.extra.get(key) for s in flat]
-            kwargs = {"prompts": [s.prompt for s in flat], "completions": [s.response for s in flat],
-                      "completion_ids": [s.response_ids for s in flat], **columns, **params}
+            for key in {k for s in flat for k in s.extra} - {"prompt", "completion", "completion_ids"}:
+                columns[key] = [s.extra.get(key) for s in flat]  # the dataset's own columns win, as in TRL
+            kwargs = {"prompts": prompts, "completions": completions,
+                      "completion_ids": [s.response_ids for s in flat], **columns,
+                      "trainer_state": types.SimpleNamespace(global_step=step),
+                      "log_extra": lambda column, values: None, "log_metric": log_metric, **params}
             positions = [(g, i) for g, group in enumerate(groups) for i in range(len(group))]
             return [((), self._keywords(kwargs, step), (len(flat), None, None), positions)]
         if self.form == "group":
@@ -143,8 +166,9 @@ class RewardFunction:
         fn = f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', self.fn)}"
         return RewardError(f"reward function {self.name!r} ({fn}) {what} on {_describe(*where)}")
 
-    def scores(self, groups: list[list[Sample]], step: int = 0, params: dict | None = None) -> list[list[float]]:
-        calls = self._calls(groups, step, params or {})
+    def scores(self, groups: list[list[Sample]], step: int = 0, params: dict | None = None,
+               log_metric: Callable[[str, float], None] | None = None) -> list[list[float]]:
+        calls = self._calls(groups, step, params or {}, log_metric or (lambda name, value: None))
 
         def run(call):
             args, kwargs, where, positions = call
@@ -211,11 +235,19 @@ def reward(fn: Callable | str | None = None, *, name: str | None = None, form: s
     return register(fn) if fn is not None else register
 
 
-def resolve(name: str, form: str | None = None, functions: dict[str, RewardFunction] | None = None) -> RewardFunction:
-    """A custom part's function: given in `functions`, registered with `@reward`, or `module:function`."""
+def resolve(name: str, form: str | None = None, functions: dict[str, RewardFunction] | None = None,
+            factory_args: dict | None = None) -> RewardFunction:
+    """A custom part's function: given in `functions`, registered with `@reward`, or `module:function`.
+    With `factory_args` the function named is a factory (as TRL's `get_cosine_scaled_reward`): called with them
+    once, it returns the reward function."""
     found = (functions or {}).get(name) or REGISTRY.get(name)
     if found is None and ":" in name:
         fn = load_function(name)
+        if factory_args is not None:
+            try:
+                fn = fn(**factory_args)
+            except TypeError as exc:
+                raise ValueError(f"reward {name!r}: factory_args {factory_args} do not fit: {exc}") from None
         found = RewardFunction(fn, name, form or detect_form(fn))
     if found is None:
         raise KeyError(f"unknown reward {name!r}: not a builtin part, not registered with @reward, "

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 
 from rlcomp.rewards.compose import RewardSpec, build_parts
 from rlcomp.rewards.reference import ReferenceTable
@@ -28,7 +28,8 @@ class Scorer:
                  functions: dict[str, RewardFunction] | None = None, workers: int | None = None):
         self.spec = RewardSpec.model_validate(spec)
         self.functions = functions
-        self.parts = build_parts(self.spec, reference, functions)
+        self.logged: defaultdict[str, list[float]] = defaultdict(list)  # what reward functions log (log_metric)
+        self.parts = build_parts(self.spec, reference, functions, self._log_metric)
         if self.spec.verifier not in (None, "auto"):
             get_verifier(self.spec.verifier)  # an unloadable verifier fails here, not as N silent zeros
         self.pool = None
@@ -38,7 +39,16 @@ class Scorer:
 
     def set_reference(self, table: ReferenceTable) -> None:
         """Hand O1-Pruner its reference table (it takes precedence over a `reference:` file in the spec)."""
-        self.parts = build_parts(self.spec, table, self.functions)
+        self.parts = build_parts(self.spec, table, self.functions, self._log_metric)
+
+    def _log_metric(self, name: str, value: float) -> None:
+        self.logged[name].append(float(value))
+
+    def logged_metrics(self) -> dict[str, float]:
+        """The means of what reward functions logged since the last call, as `reward_log/<name>`."""
+        means = {f"reward_log/{k}": sum(v) / len(v) for k, v in self.logged.items() if v}
+        self.logged.clear()
+        return means
 
     def _verifier_for(self, sample: Sample) -> str:
         if self.spec.verifier != "auto":

@@ -32,6 +32,9 @@ class RewardService:
     def set_reference(self, table: ReferenceTable) -> None:
         self.scorer.set_reference(table)
 
+    def logged_metrics(self) -> dict[str, float]:
+        return self.scorer.logged_metrics()
+
     def counts(self) -> dict[str, int]:
         """Verifications so far by outcome: ok, timeout, error, crashed."""
         return dict(self.scorer.counts)

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from rlcomp.config import check_engine, StageConfig
 from rlcomp.data import TASKS, DataSpec, load_examples
+from rlcomp.prompts import thinking_split
 from rlcomp.report import console, progress, write_jsonl
 from rlcomp.rollout import RolloutGroup, SamplingParams
 
@@ -38,7 +39,7 @@ def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[f
 
 def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
     """Generate for cfg.data with the given rollout workers and score the responses."""
-    examples = load_examples(cfg.data)
+    examples = load_examples(cfg.data, cfg.prompt)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             batch_size=cfg.batch_size)
     with progress(f"eval {cfg.data.dataset}", len(examples)) as bar:
@@ -55,6 +56,7 @@ def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
         "mean_response_tokens": sum(s.length for s in samples) / len(samples),
         "finished_fraction": sum(s.finished for s in samples) / len(samples),
         "temperature": cfg.temperature,
+        **thinking_split(samples),
     }
     return result, samples
 
@@ -62,7 +64,7 @@ def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
 def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
-    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker)
+    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)
     run.record_precision(f"{rollout.engine} engine", rollout.precision)
     try:
         result, samples = evaluate(cfg, rollout)
@@ -71,6 +73,10 @@ def run(cfg: Config, run, model: str | None) -> None:
     result["model"] = model
     run.record_eval(result)
     write_jsonl(run.stage_dir() / "samples.jsonl",
-                ({"prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length} for s in samples))
+                ({"prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length,
+                  **({"thinking_tokens": s.thinking_tokens} if s.thinking_tokens is not None else {})}
+                 for s in samples))
+    split = (f" ({result['mean_thinking_tokens']:.1f} thinking, {result['mean_answer_tokens']:.1f} answer)"
+             if "mean_thinking_tokens" in result else "")
     console.print(f"eval {cfg.data.dataset}: accuracy {result['accuracy']:.3f} on n={result['n']}, "
-                  f"mean response tokens {result['mean_response_tokens']:.1f}")
+                  f"mean response tokens {result['mean_response_tokens']:.1f}{split}")

@@ -20,6 +20,7 @@ from rlcomp.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from rlcomp.config import check_engine, LearnerConfig, OptimConfig, StageConfig, Strict
 from rlcomp.data import DataSpec, load_examples
 from rlcomp.learner import LearnerGroup
+from rlcomp.prompts import thinking_split
 from rlcomp.losses.kl import kl_penalty_in_reward
 from rlcomp.report import console, progress, write_jsonl
 from rlcomp.rewards import ReferenceTable, RewardSpec, start_reward_service
@@ -135,10 +136,10 @@ def run(cfg: Config, run, model: str | None) -> str:
     if model is None:
         raise ValueError(f"stage {run.stage}: no input model")
     stage_dir = run.stage_dir()
-    examples = load_examples(cfg.data)
+    examples = load_examples(cfg.data, cfg.prompt)
     uses_o1 = any(p.name == "o1_pruner" for p in cfg.reward.parts)
     rollout = RolloutGroup(model, cfg.rollout.engine, cfg.rollout.workers, cfg.rollout.gpus_per_worker, seed=run.seed,
-                           sleep=cfg.rollout.sleep)
+                           sleep=cfg.rollout.sleep, prompt=cfg.prompt)
     policy = LearnerGroup(model, cfg.learner, cfg.optim, cfg.max_steps * cfg.updates_per_step, run.seed)
     sync = WeightSync(policy, rollout, cfg.rollout.weight_sync)
     critic = LearnerGroup(model, cfg.learner, cfg.critic_optim, cfg.max_steps * cfg.updates_per_step, run.seed,
@@ -172,8 +173,9 @@ def run(cfg: Config, run, model: str | None) -> str:
             groups = rollout.generate(prompts, replace(params, seed=run.seed + step))
             times["rollout"] = time.time()
             groups = ray.get(rewards.score.remote(groups, step))
+            logged = ray.get(rewards.logged_metrics.remote())
             times["reward"] = time.time()
-            metrics = train_on(cfg, groups, policy, critic, reference, pad_id=rollout.pad_token_id)
+            metrics = {**train_on(cfg, groups, policy, critic, reference, pad_id=rollout.pad_token_id), **logged}
             times["train"] = time.time()
             if cfg.algorithm != "o1_pruner":  # O1-Pruner keeps sampling from the reference policy
                 sync.push()
@@ -275,6 +277,7 @@ def step_metrics(groups, times: dict[str, float]) -> dict[str, float]:
     }
     for part in samples[0].rewards:
         metrics[f"reward/{part}"] = sum(s.rewards[part] for s in samples) / len(samples)
+    metrics.update(thinking_split(samples, prefix="response_length/"))
     stamps = list(times.items())
     for (_, before), (name, after) in zip(stamps, stamps[1:]):
         metrics[f"time/{name}"] = after - before
@@ -304,7 +307,8 @@ def periodic_eval(cfg: Config, run, rollout, policy, step: int, reference_weight
 
     if reference_weights is not None:
         rollout.load_weights(ray.put(policy.state_dict()))
-    eval_cfg = eval_stage.Config(data=cfg.eval.data, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens)
+    eval_cfg = eval_stage.Config(data=cfg.eval.data, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
+                                 prompt=cfg.prompt)
     result, _ = eval_stage.evaluate(eval_cfg, rollout)
     if reference_weights is not None:
         rollout.load_weights(reference_weights)

@@ -34,7 +34,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     if model is None:
         raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a make_model stage first)")
     tokenizer = load_tokenizer(model)
-    sequences = tokenize_examples(tokenizer, load_examples(cfg.data), cfg.max_length)
+    sequences = tokenize_examples(tokenizer, load_examples(cfg.data, cfg.prompt), cfg.max_length, cfg.prompt)
     rng = random.Random(run.seed)
     steps_per_epoch = len(sequences) // cfg.batch_size
     if steps_per_epoch == 0:
