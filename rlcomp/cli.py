@@ -32,7 +32,8 @@ def _eval(args) -> int:
     if args.path:
         data["path"] = args.path
     stage = {"type": "eval", "name": "eval", "data": data, "max_tokens": args.max_tokens,
-             "temperature": args.temperature, "workers": args.workers}
+             "temperature": args.temperature, "top_p": args.top_p, "n": args.samples, "pass_k": args.pass_k,
+             "level_key": args.level_key, "workers": args.workers}
     if args.verifier:
         stage["verifier"] = args.verifier
     recipe = validate_recipe({"model": args.model, "stages": [stage]}, source="rlcomp eval")
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset",
-                        description="Generate greedily for a dataset and report accuracy and response length.")
+                        description="Generate for a dataset (greedy by default) and report accuracy, pass@k and "
+                                    "response length, overall and per level.")
     ev.add_argument("model", help="model directory or Hugging Face id")
     ev.add_argument("--dataset", required=True,
                     help="synthetic task (addition, multiplication, direction), gsm8k, math500, aime, amc, or a HF name")
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=None, help="number of problems (default: all; synthetic: 1000)")
     ev.add_argument("--max-tokens", type=int, default=256)
     ev.add_argument("--temperature", type=float, default=0.0)
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--samples", type=int, default=1, help="samples per problem (accuracy is their mean: pass@1)")
+    ev.add_argument("--pass-k", type=int, nargs="*", default=[], metavar="K",
+                    help="also report pass@K from the samples, e.g. --samples 8 --temperature 0.6 --pass-k 8")
+    ev.add_argument("--level-key", default="level", help="the problems' column naming their level (default: level)")
     ev.add_argument("--workers", type=int, default=1)
     ev.add_argument("--verifier", help="override the dataset's verifier")
     ev.add_argument("--output-dir")

@@ -1,10 +1,12 @@
 """Stage `eval`: generate for a held-out set with rollout workers, score with the dataset's verifier, and
-report accuracy, mean response tokens and n."""
+report accuracy (pass@1 averaged over the `n` samples per problem), pass@k, mean response tokens and n,
+overall and per level when the problems carry one (`extra[level_key]`)."""
 from __future__ import annotations
 
+from math import comb
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlcomp.config import check_engine, StageConfig
 from rlcomp.data import TASKS, DataSpec, load_examples
@@ -26,6 +28,39 @@ class Config(StageConfig):
     engine: Literal["auto", "hf", "vllm"] = "auto"
     _check_engine = field_validator("engine")(classmethod(lambda cls, v: check_engine(v)))
     verifier: str | None = None  # default: the dataset's (a synthetic task's checker, gsm8k, math)
+    pass_k: list[int] = []  # report pass@k for these k (each at most n), from the n samples per problem
+    level_key: str = "level"  # the problems' column that names their difficulty level, for per-level results
+
+    @model_validator(mode="after")
+    def _k_fits(self):
+        if bad := [k for k in self.pass_k if not 1 <= k <= self.n]:
+            raise ValueError(f"pass_k {bad}: each k must be between 1 and n ({self.n} samples per problem)")
+        return self
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which `correct` are right (Chen et al. 2021)."""
+    return 1.0 if n - correct < k else 1.0 - comb(n - correct, k) / comb(n, k)
+
+
+def per_level(levels: list, groups, scores: list[list[float]], pass_k: list[int]) -> dict[str, dict]:
+    """`summarize` for the problems of each level, levels in sorted order."""
+    out = {}
+    for level in sorted(set(levels), key=str):
+        chosen = [i for i, x in enumerate(levels) if x == level]
+        out[str(level)] = summarize([groups[i] for i in chosen], [scores[i] for i in chosen], pass_k)
+    return out
+
+
+def summarize(groups, scores: list[list[float]], pass_k: list[int]) -> dict:
+    """accuracy (mean over all samples), pass@k (mean over problems), mean response tokens, n."""
+    samples = [s for g in groups for s in g]
+    flat = [x for g in scores for x in g]
+    result = {"n": len(groups), "samples": len(samples), "accuracy": sum(flat) / len(flat),
+              "mean_response_tokens": sum(s.length for s in samples) / len(samples)}
+    for k in pass_k:
+        result[f"pass@{k}"] = sum(pass_at_k(len(g), sum(x >= 0.5 for x in g), k) for g in scores) / len(scores)
+    return result
 
 
 def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[float]:
@@ -46,18 +81,19 @@ def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
         groups = rollout.generate(examples, params, chunk=cfg.batch_size, on_done=bar.advance)
     samples = [s for g in groups for s in g]
     verifier = cfg.verifier or cfg.data.default_verifier()
-    scores = correctness(verifier, [s.response for s in samples], [s.answer for s in samples])
+    flat = iter(correctness(verifier, [s.response for s in samples], [s.answer for s in samples]))
+    scores = [[next(flat) for _ in g] for g in groups]
     result = {
         "dataset": cfg.data.dataset,
         "split": cfg.data.split,
-        "n": len(examples),
-        "samples": len(samples),
-        "accuracy": sum(scores) / len(samples),
-        "mean_response_tokens": sum(s.length for s in samples) / len(samples),
+        **summarize(groups, scores, cfg.pass_k),
         "finished_fraction": sum(s.finished for s in samples) / len(samples),
         "temperature": cfg.temperature,
         **thinking_split(samples),
     }
+    levels = [e.extra.get(cfg.level_key) for e in examples]
+    if any(level is not None for level in levels):
+        result["by_level"] = per_level(levels, groups, scores, cfg.pass_k)
     return result, samples
 
 
@@ -78,5 +114,9 @@ def run(cfg: Config, run, model: str | None) -> None:
                  for s in samples))
     split = (f" ({result['mean_thinking_tokens']:.1f} thinking, {result['mean_answer_tokens']:.1f} answer)"
              if "mean_thinking_tokens" in result else "")
-    console.print(f"eval {cfg.data.dataset}: accuracy {result['accuracy']:.3f} on n={result['n']}, "
+    passes = "".join(f", pass@{k} {result[f'pass@{k}']:.3f}" for k in cfg.pass_k)
+    console.print(f"eval {cfg.data.dataset}: accuracy {result['accuracy']:.3f}{passes} on n={result['n']}, "
                   f"mean response tokens {result['mean_response_tokens']:.1f}{split}")
+    for level, row in result.get("by_level", {}).items():
+        console.print(f"  {cfg.level_key} {level}: accuracy {row['accuracy']:.3f} on n={row['n']}, "
+                      f"mean response tokens {row['mean_response_tokens']:.1f}")

@@ -1,0 +1,48 @@
+"""Eval metrics: the unbiased pass@k, accuracy as pass@1 over the samples, and results per level."""
+import json
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from rlcomp.sample import Sample
+from rlcomp.stages.eval import Config, pass_at_k, per_level, summarize
+
+
+def test_pass_at_k_is_the_unbiased_estimate():
+    assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 4) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2) / C(4,2)
+    assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)  # 1 - C(3,3) / C(5,3)
+    assert pass_at_k(5, 3, 3) == 1.0  # fewer wrong samples than k: some draw of k holds a right one
+
+
+def test_summaries_overall_and_per_level():
+    lengths = [[10, 20], [30, 40], [50, 60]]
+    groups = [[Sample(prompt="q", response="", answer="", response_ids=[1] * n) for n in g] for g in lengths]
+    scores = [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    overall = summarize(groups, scores, [1, 2])
+    assert overall == {"n": 3, "samples": 6, "accuracy": pytest.approx(0.5), "mean_response_tokens": 35.0,
+                       "pass@1": pytest.approx(0.5), "pass@2": pytest.approx(2 / 3)}
+    levels = per_level([2, 1, 2], groups, scores, [2])
+    assert list(levels) == ["1", "2"]
+    assert levels["1"] == {"n": 1, "samples": 2, "accuracy": 0.0, "mean_response_tokens": 35.0, "pass@2": 0.0}
+    assert levels["2"]["accuracy"] == pytest.approx(0.75) and levels["2"]["pass@2"] == 1.0
+    with pytest.raises(ValidationError, match=r"pass_k \[4\]: each k must be between 1 and n \(2"):
+        Config(data={"dataset": "addition"}, n=2, pass_k=[1, 4])
+
+
+@pytest.mark.e2e
+def test_rlcomp_eval_reports_pass_at_k_and_levels(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlcomp.cli", "eval", tiny_model, "--dataset", "addition", "--n", "6",
+         "--samples", "4", "--temperature", "1.0", "--pass-k", "1", "4", "--max-tokens", "8", "--level-key", "n_steps", "--output-dir",
+         str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [row] = json.loads((out / "summary.json").read_text())["evals"]
+    assert row["samples"] == 24 and row["n"] == 6 and {"pass@1", "pass@4"} <= set(row)
+    assert row["pass@1"] == pytest.approx(row["accuracy"]) and row["pass@4"] >= row["pass@1"]
+    assert row["by_level"]["3"]["n"] == 6  # every 3-digit addition takes 3 column steps
+    assert "pass@4" in result.stdout
