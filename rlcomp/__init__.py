@@ -16,6 +16,7 @@ _EXPORTS = {
     "RewardSpec": "rlcomp.rewards", "Scorer": "rlcomp.rewards", "RewardService": "rlcomp.rewards",
     "start_reward_service": "rlcomp.rewards", "verify": "rlcomp.rewards", "aes": "rlcomp.rewards",
     "PromptSpec": "rlcomp.prompts", "PromptRenderer": "rlcomp.prompts",
+    "load_comparison": "rlcomp.compare", "validate_comparison": "rlcomp.compare", "run_compare": "rlcomp.compare",
 }
 __all__ = list(_EXPORTS)
 

@@ -10,17 +10,23 @@ from pathlib import Path
 from rlcomp.config import RecipeError, StageError
 
 
-def _run(args) -> int:
-    from rlcomp.config import load_recipe
-    from rlcomp.pipeline import run_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
+def _check_resume(args) -> None:
     if args.resume and args.output_dir and Path(args.resume) != Path(args.output_dir):
         raise RecipeError("--resume DIR continues the run in DIR: do not also give a different --output-dir")
+
+
+def _run(args) -> int:
+    """`rlcomp run` and `rlcomp compare`: a recipe, or a comparison (a file with `methods`)."""
+    from rlcomp.compare import Comparison, load_any, run_compare
+    from rlcomp.pipeline import run_recipe
+
+    recipe = load_any(args.recipe, args.overrides, smoke=args.smoke)
+    _check_resume(args)
     # The exact command that continues this run, for the message about a dead actor.
-    again = ["rlcomp", "run", args.recipe] + (["--smoke"] if args.smoke else []) + list(args.overrides)
-    run_recipe(recipe, args.resume or args.output_dir, resume=bool(args.resume),
-               resume_command=lambda out: shlex.join(again[:3] + ["--resume", str(out)] + again[3:]))
+    again = ["rlcomp", args.command, args.recipe] + (["--smoke"] if args.smoke else []) + list(args.overrides)
+    resume_command = lambda out: shlex.join(again[:3] + ["--resume", str(out)] + again[3:])  # noqa: E731
+    run = run_compare if isinstance(recipe, Comparison) else run_recipe
+    run(recipe, args.resume or args.output_dir, resume=bool(args.resume), resume_command=resume_command)
     return 0
 
 
@@ -57,12 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the recipe end to end on the embedded tiny model and synthetic data, in minutes")
     run.set_defaults(func=_run)
 
+    cmp = sub.add_parser("compare", help="run chain-compression methods side by side from one start model",
+                         description="Make the start model, run every method of COMPARE.yaml from it (side by side "
+                                     "while the cluster has room), evaluate all alike; writes compare.json, "
+                                     "compare.md, plots and report.html. Overrides: dotted.key=value, e.g. "
+                                     "methods.grpo.rl.max_steps=10 (methods and stages by name).")
+    cmp.add_argument("recipe", metavar="COMPARE.yaml", help="comparison file (start, methods, eval)")
+    cmp.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the file's keys")
+    cmp.add_argument("--output-dir", help="where it writes (default: the file's output_dir or runs/<time>)")
+    cmp.add_argument("--resume", metavar="DIR", help="continue in DIR: finished methods are kept, the rest run")
+    cmp.add_argument("--smoke", action="store_true", help="every method at smoke size, on the embedded tiny model")
+    cmp.set_defaults(func=_run)
+
     ev = sub.add_parser("eval", help="evaluate a model on a dataset",
                         description="Generate for a dataset (greedy by default) and report accuracy, pass@k and "
                                     "response length, overall and per level.")
     ev.add_argument("model", help="model directory or Hugging Face id")
     ev.add_argument("--dataset", required=True,
-                    help="synthetic task (addition, multiplication, direction), gsm8k, math500, aime, amc, or a HF name")
+                    help="synthetic task (addition, multiplication, direction, mixed_addition), gsm8k, math500, aime, amc, or a HF name")
     ev.add_argument("--path", help="local jsonl/parquet file for the dataset")
     ev.add_argument("--split", default="test")
     ev.add_argument("--n", type=int, default=None, help="number of problems (default: all; synthetic: 1000)")
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`run R.yaml --output-dir D a.b=1`): argparse leaves those unparsed.
     args, extra = parser.parse_known_args(argv)
     extra = [x for x in extra if x != "--"]  # `launch slurm RECIPE --nodes 2 -- key=value`
-    if extra and (args.command not in ("run", "launch") or any(x.startswith("-") or "=" not in x for x in extra)):
+    if extra and (args.command not in ("run", "compare", "launch") or any(x.startswith("-") or "=" not in x for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra

@@ -59,6 +59,11 @@ HELD: dict[int, tuple[str, dict[str, float]]] = {}
 ACTORS: dict[str, tuple[str, weakref.ref]] = {}  # actor id (hex) -> ("learner rank 1", handle), ...
 
 
+def workers_resources(workers: float, cpus: float, gpus: float) -> dict[str, float]:
+    """What `workers` actors of `cpus` CPUs and `gpus` GPUs each hold together."""
+    return {"CPU": workers * cpus, "GPU": workers * gpus}
+
+
 def fmt_resources(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if v) or "nothing"
 

@@ -26,6 +26,9 @@ class StageError(RuntimeError):
         super().__init__(message)
         self.log = log
 
+    def __reduce__(self):  # picklable with both arguments: a comparison's row raises it inside a Ray task
+        return type(self), (str(self), self.log)
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -138,17 +141,29 @@ def _format_error(error: dict, raw: dict) -> str:
     return f"{path}: {message}"
 
 
+def _by_name(raw, parts: list[str]) -> list[str]:
+    """Key parts with list items named by their `name` (`stages.sft.lr`) replaced by their index."""
+    node, out = raw, []
+    for part in parts:
+        if isinstance(node, list):
+            names = [item.get("name") if isinstance(item, dict) else None for item in node]
+            part = str(names.index(part)) if part in names else part
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+        out.append(part)
+    return out
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides; `stages.<name>.key` addresses a stage by name as well as by index."""
+    """Apply `a.b.c=value` overrides; `stages.<name>.key` addresses a stage by name as well as by index (in
+    any list of named items: a comparison's `methods.<method>.<stage>.key` too)."""
     config = OmegaConf.create(raw)
-    names = [s.get("name") if isinstance(s, dict) else None for s in raw.get("stages") or []]
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key:
             raise RecipeError(f"override {override!r}: expected key=value")
-        parts = key.split(".")
-        if len(parts) > 1 and parts[0] == "stages" and parts[1] in names:
-            parts[1] = str(names.index(parts[1]))
+        parts = _by_name(raw, key.split("."))
         try:
             OmegaConf.update(config, ".".join(parts), yaml.safe_load(text), merge=True, force_add=True)
         except Exception as exc:  # omegaconf raises many kinds; the user needs the key
@@ -165,55 +180,78 @@ SMOKE_CAPS = {"max_steps": 2, "prompts_per_step": 4, "batch_size": 8, "max_token
 SMOKE_ZERO = ("gpus_per_worker",)
 
 
-def smoke_recipe(raw: dict) -> dict:
-    def shrink(node, key=None):
-        if isinstance(node, dict):
-            if key == "data" or key == "eval_data":
-                split = node.get("split", "train")
-                return {"dataset": "addition", "split": "test" if split != "train" else "train",
-                        "n": 64 if split == "train" else 8, "cot": node.get("cot", "verbose")}
-            out = {}
-            for k, v in node.items():
-                if k in SMOKE_ZERO:
-                    v = 0
-                elif k in SMOKE_CAPS and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    v = min(v, SMOKE_CAPS[k])
-                elif k in ("model", "table", "reference") and isinstance(v, str):
-                    continue  # a real model, or a precomputed table: replaced by the tiny model
-                elif k == "prompt" and isinstance(v, dict):
-                    continue  # a real model's chat template and system message: the tiny model has neither
-                elif k in ("verifier", "engine") and isinstance(v, str):
-                    v = "auto"
-                else:
-                    v = shrink(v, k)
-                out[k] = v
-            return out
-        if isinstance(node, list):
-            return [shrink(v, key) for v in node]
-        return node
+def smoke_shrink(node, key=None):
+    """A recipe's (or any part's) smoke form: numbers capped, GPUs dropped, data synthetic, real models gone."""
+    if isinstance(node, dict):
+        if key == "data" or key == "eval_data":
+            if "dataset" not in node:  # a mapping of named data sources (a comparison's eval)
+                return {name: smoke_shrink(spec, key) for name, spec in node.items()}
+            split = node.get("split", "train")
+            tasks = ("addition", "mixed_addition")
+            return {"dataset": node["dataset"] if node["dataset"] in tasks else "addition",
+                    "split": "test" if split != "train" else "train",
+                    "n": 64 if split == "train" else 8, "cot": node.get("cot", "verbose")}
+        out = {}
+        for k, v in node.items():
+            if k in SMOKE_ZERO:
+                v = 0
+            elif k in SMOKE_CAPS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = min(v, SMOKE_CAPS[k])
+            elif k in ("model", "table", "reference") and isinstance(v, str):
+                continue  # a real model, or a precomputed table: replaced by the tiny model
+            elif k == "prompt" and isinstance(v, dict):
+                continue  # a real model's chat template and system message: the tiny model has neither
+            elif k in ("verifier", "engine") and isinstance(v, str):
+                v = "auto"
+            elif k == "samples_for" and isinstance(v, dict):
+                v = {name: min(n, SMOKE_CAPS["samples"]) for name, n in v.items()}
+            else:
+                v = smoke_shrink(v, k)
+            out[k] = v
+        if isinstance(out.get("pass_k"), list):  # k at most the (capped) samples per problem
+            fewest = min([out.get("samples", out.get("n", 1)), *out.get("samples_for", {}).values()])
+            out["pass_k"] = sorted({min(k, fewest) for k in out["pass_k"]})
+        return out
+    if isinstance(node, list):
+        return [smoke_shrink(v, key) for v in node]
+    return node
 
-    smoke = shrink(raw)
-    smoke["stages"] = smoke.get("stages") or []
-    for stage in smoke["stages"]:
+
+def smoke_stages(stages: list) -> list:
+    """Shrunk stages, evaluated on 16 test problems, starting with the tiny model unless they make one."""
+    stages = list(stages or [])
+    for stage in stages:
         if isinstance(stage, dict) and stage.get("type") == "eval" and isinstance(stage.get("data"), dict):
             stage["data"].update(split="test", n=16)
-    if not any(isinstance(s, dict) and s.get("type") == "make_model" for s in smoke["stages"]):
-        smoke["stages"].insert(0, dict(SMOKE_MODEL))
+    if not any(isinstance(s, dict) and s.get("type") == "make_model" for s in stages):
+        stages.insert(0, dict(SMOKE_MODEL))
+    return stages
+
+
+def smoke_recipe(raw: dict) -> dict:
+    smoke = smoke_shrink(raw)
+    smoke["stages"] = smoke_stages(smoke.get("stages"))
     smoke.pop("output_dir", None)
     return smoke
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False):
-    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+def read_mapping(path: str | Path, what: str = "recipe") -> dict:
+    """A YAML file's top-level mapping, or RecipeError in one line."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+        raise RecipeError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping with a `stages` list")
+        raise RecipeError(f"{path}: a {what} must be a mapping" + (" with a `stages` list" if what == "recipe" else ""))
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False):
+    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    raw = read_mapping(path)
     if smoke:
         raw = smoke_recipe(raw)
     return validate_recipe(apply_overrides(raw, list(overrides)), source=str(path))

@@ -138,9 +138,9 @@ def launch_slurm(args) -> int:
     if bad:
         raise LaunchError(f"overrides must be key=value: {' '.join(bad)}")
     if not args.no_validate:
-        from rlcomp.config import load_recipe
+        from rlcomp.compare import load_any
 
-        load_recipe(args.recipe, args.overrides)  # RecipeError: reported before anything is queued
+        load_any(args.recipe, args.overrides)  # RecipeError: reported before anything is queued (or a comparison)
     template = Path(args.script)
     if not template.is_file():
         raise LaunchError(f"batch script template not found: {template} (pass --script)")

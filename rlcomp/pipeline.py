@@ -32,6 +32,7 @@ class Run:
     precision: dict[str, dict] = field(default_factory=dict)  # stage -> role -> what its device chose
     stage: str = ""
     resume: bool = False  # continue an interrupted run in output_dir: skip finished stages, load checkpoints
+    train_tokens: int = 0  # tokens the current stage has trained on (prompts and responses), for comparisons
 
     def stage_dir(self) -> Path:
         path = self.output_dir / "stages" / self.stage
@@ -152,7 +153,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
                 console.print(f"stage {stage.name}: finished in an earlier run, skipped")
                 continue
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
-            stage_started = time.time()
+            stage_started, run.train_tokens = time.time(), 0
             try:
                 produced = STAGES[stage.type].run(stage, run, stage.model or model)
             except Exception as exc:
@@ -160,7 +161,8 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             finally:
                 HELD.clear()  # a stage's actors end with it
             model = produced or model
-            write_json(done_marker, {"model": produced, "seconds": round(time.time() - stage_started, 1)})
+            write_json(done_marker, {"model": produced, "seconds": round(time.time() - stage_started, 1),
+                                     "train_tokens": run.train_tokens})
             console.print(f"stage {stage.name} done in {time.time() - stage_started:.0f}s" +
                           (f"; model: {produced}" if produced else ""))
     finally:

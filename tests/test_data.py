@@ -21,8 +21,8 @@ def _alter(answer: str) -> str:
 
 
 def _is_terse_path(response: str) -> bool:
-    """No restatement before the first step and no re-check after the steps."""
-    return response.split()[0] in ("s1", "p1") and not any(w in response for w in ("chk", "so "))
+    """No restatement before the first step, no re-check after the steps, no aside between them."""
+    return response.split()[0] in ("s1", "p1") and not any(w in response for w in ("chk", "so ", "wait"))
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -51,7 +51,7 @@ def test_extract_answer_takes_last_and_handles_missing():
 def test_gold_answers_are_correct(name):
     for e in get_task(name).generate(100, "test", 0, "terse"):
         q = e.prompt.rstrip("=")
-        if name == "addition":
+        if name in ("addition", "mixed_addition"):
             a, b = q.split("+")
             assert int(e.answer) == int(a) + int(b)
         elif name == "multiplication":
@@ -116,10 +116,34 @@ def test_verbose_lengths_spread_with_rare_terse_path(name):
     assert max(lengths) - min(lengths) > 40
     assert statistics.mean(lengths) > 1.4 * statistics.mean(terse)
     terse_share = sum(map(_is_terse_path, verbose)) / len(verbose)
-    assert 0.03 < terse_share < 0.10  # designed at 0.4 * 0.15 = 6%
-    # The most likely structure is the longest one: 3 re-checks is the modal count.
-    counts = [r.count("chk ") + r.count("so ") for r in verbose]
-    assert statistics.mode(counts) == 3
+    assert 0.03 < terse_share < 0.10  # designed at 0.4 * 0.15 = 6% (mixed_addition: 0.4^digits, 8.5%)
+    if name != "mixed_addition":  # its asides are checked below
+        # The most likely structure is the longest one: 3 re-checks is the modal count.
+        counts = [r.count("chk ") + r.count("so ") for r in verbose]
+        assert statistics.mode(counts) == 3
+
+
+def test_mixed_addition_levels_and_interleaved_asides():
+    task = get_task("mixed_addition")
+    verbose = task.generate(3000, "train", 0, "verbose")
+    levels = [e.extra["level"] for e in verbose]
+    assert {2, 3, 4} == set(levels) and min(map(levels.count, (2, 3, 4))) > 900  # drawn evenly, recorded
+    for e in verbose:
+        a, b = e.prompt.rstrip("=").split("+")
+        assert len(a) == len(b) == e.extra["level"] == e.extra["n_steps"]
+        parts = e.response.split("; ")
+        steps = [p for p in parts if p.startswith("s")]
+        assert [p.split()[0] for p in steps] == [f"s{i + 1}" for i in range(len(a))]  # needed steps, in order
+        for before, part in zip(parts, parts[1:]):  # an aside repeats the step just done (or hesitates)
+            if part.startswith("wait") and "hmm" not in part:
+                assert before.split()[1] in part or before.startswith("wait")
+    between = sum(bool(re.search(r"wait [^;]*; s\d", e.response)) for e in verbose) / len(verbose)
+    assert between > 0.5  # most chains have an aside followed by a needed step
+    # Greedy structure: after a step one aside is the likeliest continuation (0.6), then a step (0.7).
+    asides_per_step = [e.response.count("wait") / e.extra["n_steps"] for e in verbose]
+    assert 0.75 < statistics.mean(asides_per_step) < 0.95  # 0.6 * (1 + 0.3 + 0.09 + ...) = 0.86
+    assert {"hmm;", "redo", "ok;"} <= {w for e in verbose for w in e.response.split()}
+    assert get_task("mixed_addition").generate(50, "test", 0, "none", levels=[4])[0].extra["level"] == 4
 
 
 def test_addition_lengths_match_the_prototype():
@@ -230,3 +254,9 @@ def test_dataspec_validation():
     with pytest.raises(ValidationError, match="prompt_template"):
         DataSpec(dataset="math500", path=str(FIXTURES / "math500.jsonl"), prompt_template="{question} \\boxed{}")
     assert DataSpec(dataset="some/hub-name").path is None  # hub names validate; loading happens only when used
+
+
+def test_every_task_has_a_verifier():
+    from rlcomp.rewards.verifiers import VERIFIERS
+
+    assert set(TASKS) <= set(VERIFIERS)

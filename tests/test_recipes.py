@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from rlcomp.compare import Comparison, load_any, run_compare
 from rlcomp.config import load_recipe
 from rlcomp.pipeline import run_recipe
 
 RECIPES = sorted(p.name for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 RL_RECIPES = ["grpo.yaml", "ppo.yaml", "o1_pruner.yaml", "kimi_long2short.yaml"]
+COMPARISONS = ["compare.yaml", "compare_math.yaml"]
 
 
 def test_the_four_rl_recipes_exist_and_are_executable():
@@ -20,8 +22,21 @@ def test_the_four_rl_recipes_exist_and_are_executable():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_validates_in_smoke_form(name):
-    recipe = load_recipe(Path("recipes") / name, smoke=True)
-    assert recipe.stages[0].type == "make_model"
+    recipe = load_any(Path("recipes") / name, smoke=True)
+    assert isinstance(recipe, Comparison) == (name in COMPARISONS)
+    stages = recipe.start.stages if name in COMPARISONS else recipe.stages
+    assert stages[0].type == "make_model"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", COMPARISONS)
+def test_comparison_smoke_run(ray_cluster, name, tmp_path):
+    comparison = load_any(Path("recipes") / name, smoke=True)
+    result = run_compare(comparison, tmp_path)
+    assert [r["method"] for r in result["rows"]] == list(comparison.rows)
+    assert all(r["status"] == "ok" for r in result["rows"]), [r.get("error") for r in result["rows"]]
+    assert all(set(r["results"]) == set(comparison.config.eval.datasets()) for r in result["rows"])
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "pareto.png").is_file()
 
 
 @pytest.mark.e2e

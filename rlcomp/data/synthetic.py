@@ -38,6 +38,7 @@ class Problem:
     steps: list[str]  # the needed steps: the terse chain
     restates: list[str]  # candidate restatements (verbose only)
     checks: list[str]  # candidate redundant re-checks (verbose only); at least 3
+    level: int | None = None  # difficulty level, recorded in the example's `extra["level"]` (mixed tasks)
 
 
 class Task:
@@ -91,7 +92,8 @@ class Task:
             examples.append(Example(
                 prompt=p.text, answer=p.answer, response=self.render(p, cot, rng),
                 id=f"{self.name}/{split}/{len(examples)}", data_source=self.name,
-                extra={"question": p.text, "n_steps": len(p.steps), "split": split},
+                extra={"question": p.text, "n_steps": len(p.steps), "split": split,
+                       **({"level": p.level} if p.level is not None else {})},
             ))
         return examples
 
@@ -195,7 +197,42 @@ class Direction(Task):
         )
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Multiplication(), Direction())}
+class MixedAddition(Addition):
+    """Addition with 2, 3 or 4 digits drawn in one dataset (the level is the digit count), whose verbose chains
+    over-think *between* the needed steps: after each column step a model may hesitate (`wait hmm;`),
+    re-derive the column (`wait redo 4+8+1=13;`) or re-check it (`wait 4+8+1=13 ok;`). P(an aside after a step)
+    is 0.6 and P(a second one) 0.3, so greedy decoding after SFT writes one aside after every step, and the
+    fully terse path keeps 0.4^digits of the data (16%, 6%, 3%). The needed steps grow with the level, so the
+    right length depends on the problem; the answer-only form cannot be learned for 4 digits by a small
+    model (README, "The comparison task"), so cutting the steps costs accuracy where cutting asides does not."""
+
+    name = "mixed_addition"
+    defaults = {"levels": (2, 3, 4)}
+    P_ASIDE = 0.6  # an aside after a step
+    P_ANOTHER = 0.5  # then, another one (0.6 * 0.5 = 0.3 overall)
+
+    def draw(self, rng, levels=(2, 3, 4)):
+        digits = rng.choice(list(levels))
+        problem = super().draw(rng, digits)
+        problem.level = digits
+        return problem
+
+    def render(self, problem: Problem, cot: str, rng: random.Random) -> str:
+        if cot not in COT_FORMS:
+            raise ValueError(f"cot must be one of {COT_FORMS}, got {cot!r}")
+        parts = []
+        for step in problem.steps if cot != "none" else ():
+            parts.append(step)
+            expr = step.split()[1]  # `4+8+1=13`
+            while cot == "verbose" and rng.random() < self.P_ASIDE:
+                parts.append(rng.choice([f"wait redo {expr};", f"wait {expr} ok;", "wait hmm;"]))
+                if rng.random() < self.P_ANOTHER:
+                    break
+        parts.append(f"ans {problem.answer}")
+        return " ".join(parts)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Multiplication(), Direction(), MixedAddition())}
 
 
 def get_task(name: str) -> Task:

@@ -157,7 +157,7 @@ VERIFIERS: dict[str, Callable[..., float]] = {
     "gsm8k": gsm8k_verifier,
     "exact": exact_verifier,
     "numeric": numeric_verifier,
-    **{task: partial(task_verifier, task) for task in ("addition", "multiplication", "direction")},
+    **{task: partial(task_verifier, task) for task in ("addition", "multiplication", "direction", "mixed_addition")},
 }
 
 

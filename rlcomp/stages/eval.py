@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rlcomp.cluster import workers_resources
 from rlcomp.config import check_engine, StageConfig
 from rlcomp.data import TASKS, DataSpec, load_examples
 from rlcomp.prompts import thinking_split
@@ -95,6 +96,10 @@ def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
     if any(level is not None for level in levels):
         result["by_level"] = per_level(levels, groups, scores, cfg.pass_k)
     return result, samples
+
+
+def resources(cfg: Config) -> dict[str, float]:
+    return workers_resources(cfg.workers, 1, cfg.gpus_per_worker)
 
 
 def run(cfg: Config, run, model: str | None) -> None:

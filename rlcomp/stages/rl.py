@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from rlcomp.advantages import ADVANTAGES, whiten
 from rlcomp.batching import response_values, rl_micro_batches
 from rlcomp.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from rlcomp.cluster import add_resources, workers_resources
 from rlcomp.config import check_engine, LearnerConfig, OptimConfig, StageConfig, Strict
 from rlcomp.data import DataSpec, load_examples
 from rlcomp.learner import LearnerGroup
@@ -132,6 +133,15 @@ def prompt_order(n: int, seed: int):
     return index
 
 
+def resources(cfg: Config) -> dict[str, float]:
+    """Rollout workers, the policy (and a critic, a reference) learners and the reward service, held at once."""
+    learners = 1 + (cfg.algorithm == "ppo") + (cfg.loss.kl_coef > 0 or cfg.kl_in_reward > 0)
+    learner = cfg.learner
+    return add_resources([workers_resources(cfg.rollout.workers, 1, cfg.rollout.gpus_per_worker),
+                          workers_resources(learners * learner.num_workers, learner.cpus_per_worker,
+                                            learner.gpus_per_worker), {"CPU": cfg.reward_cpus}])
+
+
 def run(cfg: Config, run, model: str | None) -> str:
     if model is None:
         raise ValueError(f"stage {run.stage}: no input model")
@@ -176,6 +186,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             logged = ray.get(rewards.logged_metrics.remote())
             times["reward"] = time.time()
             metrics = {**train_on(cfg, groups, policy, critic, reference, pad_id=rollout.pad_token_id), **logged}
+            run.train_tokens += sum(len(s.prompt_ids) + len(s.response_ids) for g in groups for s in g)
             times["train"] = time.time()
             if cfg.algorithm != "o1_pruner":  # O1-Pruner keeps sampling from the reference policy
                 sync.push()

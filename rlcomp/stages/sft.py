@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from rlcomp.batching import micro_batches, step_batches, tokenize_examples
+from rlcomp.cluster import workers_resources
 from rlcomp.config import LearnerConfig, OptimConfig, StageConfig
 from rlcomp.data import DataSpec, load_examples
 from rlcomp.learner import LearnerGroup
@@ -28,6 +29,11 @@ class Config(StageConfig):
     learner: LearnerConfig = LearnerConfig()
     save_every: int | None = Field(None, gt=0)  # steps between checkpoints of the model (HF format)
     log_every: int = Field(10, gt=0)
+
+
+def resources(cfg: Config) -> dict[str, float]:
+    """What the stage holds at once (a comparison runs methods side by side while they fit)."""
+    return workers_resources(cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker)
 
 
 def run(cfg: Config, run, model: str | None) -> str:
@@ -52,7 +58,9 @@ def run(cfg: Config, run, model: str | None) -> str:
                 epoch_steps = step_batches(sequences, cfg.batch_size, cfg.batching, rng)
             batch = epoch_steps.pop()
             metrics = group.train_step(micro_batches(batch, n_micro, cfg.batching, tokenizer.pad_token_id), "sft")
-            tokens += sum(len(ids) for ids, _ in batch)
+            n = sum(len(ids) for ids, _ in batch)
+            tokens += n
+            run.train_tokens += n
             metrics["tokens_per_s"] = tokens / (time.time() - started)
             if step % cfg.log_every == 0 or step == total - 1:
                 run.log(metrics, step)
