@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rlcomp.config import (ClusterConfig, RecipeError, Strict, _format_error, apply_overrides, check_engine,
-                           check_model_path, load_recipe, read_mapping, smoke_shrink, smoke_stages,
-                           validate_recipe)
+from rlcomp.config import (ClusterConfig, RecipeError, Strict, apply_overrides, check_engine, check_model_path,
+                           load_recipe, read_mapping, smoke_shrink, smoke_stages, validate, validate_recipe)
 from rlcomp.data import DataSpec
 from rlcomp.prompts import PromptSpec
 
@@ -135,12 +134,7 @@ def smoke_comparison(raw: dict) -> dict:
 
 
 def validate_comparison(raw: dict, source: str = "comparison") -> Comparison:
-    try:
-        config = CompareConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_format_error(e, raw) for e in exc.errors()]
-        more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
-        raise RecipeError(f"{source}: {lines[0]}{more}") from None
+    config = validate(CompareConfig, raw, source)
     common = {"seed": config.seed, "prompt": config.prompt.model_dump(), "cluster": config.cluster.model_dump()}
     start = None
     if config.start.stages:
@@ -221,11 +215,10 @@ def row_result(name: str, recipe, finished: dict, config: CompareConfig, out: Pa
 
 
 def failure_message(exc: BaseException) -> str:
-    cause = exc
-    while getattr(cause, "cause", None) is not None:  # a Ray task error wraps what the task raised
-        cause = cause.cause
-    lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    return lines[0]
+    from rlcomp.pipeline import root_cause
+
+    cause = root_cause(exc)
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
 
 
 def schedule(pending: list[str], comparison: Comparison, start_model: str | None, out: Path,
@@ -233,21 +226,19 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
     """Run the pending rows as Ray tasks, starting each once the resources of the running ones leave room."""
     import ray
 
+    from rlcomp.cluster import add_resources
     from rlcomp.report import console
     from rlcomp.rewards.registry import REGISTRY
 
     total = ray.cluster_resources()
     task = ray.remote(num_cpus=0, max_retries=0)(run_row)
+    needs = {name: peak_resources(comparison.rows[name]) for name in pending}
     running: dict = {}  # object ref -> (row, its peak resources)
     done: dict[str, dict] = {}
     queue = list(pending)
     while queue or running:
-        held = {}
-        for _, need in running.values():
-            for kind, amount in need.items():
-                held[kind] = held.get(kind, 0) + amount
         for name in list(queue):
-            need = peak_resources(comparison.rows[name])
+            need, held = needs[name], add_resources(need for _, need in running.values())
             fits = all(held.get(k, 0) + v <= total.get(k, 0) + 1e-9 for k, v in need.items() if v)
             if len(running) >= (comparison.config.max_concurrent or len(queue) + len(running)):
                 break
@@ -257,8 +248,6 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
                 ref = task.remote(recipe, str(out / "methods" / name), resume, dict(REGISTRY), resume_command)
                 running[ref] = (name, need)
                 queue.remove(name)
-                for kind, amount in need.items():
-                    held[kind] = held.get(kind, 0) + amount
                 console.print(f"compare: {name} started ({len(running)} running)")
         ready, _ = ray.wait(list(running), num_returns=1)
         name, _ = running.pop(ready[0])

@@ -257,10 +257,15 @@ def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False
     return validate_recipe(apply_overrides(raw, list(overrides)), source=str(path))
 
 
-def validate_recipe(raw: dict[str, Any], source: str = "recipe"):
+def validate(model: type[BaseModel], raw: dict[str, Any], source: str):
+    """`model` validated from `raw`, or RecipeError: the first problem's key path, and how many more."""
     try:
-        return build_recipe_model().model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = [_format_error(e, raw) for e in exc.errors()]
         more = f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if len(lines) > 1 else ""
         raise RecipeError(f"{source}: {lines[0]}{more}") from None
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe"):
+    return validate(build_recipe_model(), raw, source)

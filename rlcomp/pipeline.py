@@ -102,6 +102,13 @@ def default_resume_command(out: Path) -> str:
     return f"run_recipe(recipe, {str(out)!r}, resume=True)"
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """What an actor or task raised, out of the Ray errors that wrap it."""
+    while getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
 def stage_error(stage: str, exc: BaseException, out: Path, resume_command: str) -> StageError:
     """One line for the user about a failed stage; the whole traceback goes to out/error.log."""
     from rlcomp.checkpoint import latest_checkpoint
@@ -116,9 +123,7 @@ def stage_error(stage: str, exc: BaseException, out: Path, resume_command: str) 
         from rlcomp.cluster import PlacementError
         from rlcomp.rewards import RewardError
 
-        cause = exc
-        while getattr(cause, "cause", None) is not None:  # a Ray task error wraps what the actor raised
-            cause = cause.cause
+        cause = root_cause(exc)
         lines = str(cause).strip().splitlines() or [""]
         # rlcomp's own errors say what happened; anything else is named by its type too.
         ours = isinstance(cause, (PlacementError, RewardError, ValueError))
