@@ -2,9 +2,12 @@
 import importlib as _importlib
 import os as _os
 
-from rlcomp.cluster import QUIET_ENV as _QUIET_ENV
+# Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings, and vLLM's
+# warnings only (its INFO lines run to a hundred per engine start). Each may be overridden from the environment.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+             "VLLM_LOGGING_LEVEL": "WARNING"}
 
-for _key, _value in _QUIET_ENV.items():  # before transformers is first imported: it reads them once
+for _key, _value in QUIET_ENV.items():  # before transformers is first imported: it reads them once
     _os.environ.setdefault(_key, _value)
 
 # The public API, imported on first use (PEP 562): `import rlcomp.rewards.verifiers` in a reward worker process

@@ -8,16 +8,24 @@ Group estimators give one scalar per response; the RL stage broadcasts it over t
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # tensor methods only: importing this registry (recipe validation does) loads no torch
+    import torch
 
 ADVANTAGES: dict[str, Callable] = {}
+GROUP_ESTIMATORS: dict[str, Callable] = {}  # rewards [G, n] -> advantages [G, n]: what `algorithm.advantage` names
 
 
-def register_advantage(name: str):
+def register_advantage(name: str, group: bool = True):
+    """Register an estimator; `group=True` for the form rewards [G, n] (-> [G, n]) that GRPO-style algorithms
+    call, with `norm_std` as the only option they may pass."""
     def wrap(fn):
+        if name in ADVANTAGES:
+            raise ValueError(f"advantage estimator {name!r} is registered twice")
         ADVANTAGES[name] = fn
+        if group:
+            GROUP_ESTIMATORS[name] = fn
         return fn
 
     return wrap
@@ -35,15 +43,17 @@ def grpo_advantages(rewards: torch.Tensor, norm_std: bool = True, eps: float = 1
 
 
 @register_advantage("rloo")
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean)."""
+def rloo_advantages(rewards: torch.Tensor, norm_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean);
+    norm_std=True also divides by the group's std (as GRPO does)."""
     n = rewards.shape[-1]
     if n < 2:
-        return torch.zeros_like(rewards)
-    return (rewards - rewards.mean(-1, keepdim=True)) * n / (n - 1)
+        return rewards.new_zeros(rewards.shape)
+    adv = (rewards - rewards.mean(-1, keepdim=True)) * n / (n - 1)
+    return adv / (rewards.std(-1, keepdim=True) + eps) if norm_std else adv
 
 
-@register_advantage("gae")
+@register_advantage("gae", group=False)
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), backwards over the response tokens:
@@ -53,15 +63,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     where t' is the next unmasked position (V, A = 0 after the last). Masked positions (padding, prompt) are
     skipped, not treated as steps, and come back as 0."""
     mask = mask.to(values.dtype)
-    next_value = torch.zeros_like(values[:, 0])
-    next_adv = torch.zeros_like(values[:, 0])
-    advantages = torch.zeros_like(values)
+    next_value = values.new_zeros(values.shape[0])
+    next_adv = values.new_zeros(values.shape[0])
+    advantages = values.new_zeros(values.shape)
     for t in reversed(range(values.shape[1])):
         m = mask[:, t]
         adv = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * next_adv
         advantages[:, t] = adv * m
-        next_value = torch.where(m > 0, values[:, t], next_value)  # a masked step passes the carry through
-        next_adv = torch.where(m > 0, adv, next_adv)
+        next_value = values[:, t].where(m > 0, next_value)  # a masked step passes the carry through
+        next_adv = adv.where(m > 0, next_adv)
     return advantages, (advantages + values) * mask
 
 
@@ -72,5 +82,5 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     n = mask.sum()
     mean = (x * mask).sum() / n
     var = ((x - mean).square() * mask).sum() / (n - 1).clamp(min=1)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    out = (x - mean) * (var + eps).rsqrt()
     return (out if shift_mean else out + mean) * mask

@@ -21,9 +21,14 @@ def _run(args) -> int:
     from rlcomp.pipeline import run_recipe
 
     recipe = load_any(args.recipe, args.overrides, smoke=args.smoke)
+    if getattr(args, "methods", None):
+        if not isinstance(recipe, Comparison):
+            raise RecipeError(f"--methods picks methods of a comparison; {args.recipe} is a recipe")
+        recipe = recipe.only(args.methods.split(","))
     _check_resume(args)
     # The exact command that continues this run, for the message about a dead actor.
     again = ["rlcomp", args.command, args.recipe] + (["--smoke"] if args.smoke else []) + list(args.overrides)
+    again += ["--methods", args.methods] if getattr(args, "methods", None) else []
     resume_command = lambda out: shlex.join(again[:3] + ["--resume", str(out)] + again[3:])  # noqa: E731
     run = run_compare if isinstance(recipe, Comparison) else run_recipe
     run(recipe, args.resume or args.output_dir, resume=bool(args.resume), resume_command=resume_command)
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output-dir", help="where it writes (default: the file's output_dir or runs/<time>)")
     cmp.add_argument("--resume", metavar="DIR", help="continue in DIR: finished methods are kept, the rest run")
     cmp.add_argument("--smoke", action="store_true", help="every method at smoke size, on the embedded tiny model")
+    cmp.add_argument("--methods", metavar="A,B", help="run only these methods (and the start row)")
     cmp.set_defaults(func=_run)
 
     ev = sub.add_parser("eval", help="evaluate a model on a dataset",

@@ -7,11 +7,8 @@ import weakref
 
 import ray
 
-
-# Workers inherit these: no per-actor tqdm bars from transformers, no tokenizers fork warnings, and vLLM's
-# warnings only (its INFO lines run to a hundred per engine start). Each may be overridden from the environment.
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-             "VLLM_LOGGING_LEVEL": "WARNING"}
+from rlcomp import QUIET_ENV
+from rlcomp.schema import add_resources
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -59,21 +56,8 @@ HELD: dict[int, tuple[str, dict[str, float]]] = {}
 ACTORS: dict[str, tuple[str, weakref.ref]] = {}  # actor id (hex) -> ("learner rank 1", handle), ...
 
 
-def workers_resources(workers: float, cpus: float, gpus: float) -> dict[str, float]:
-    """What `workers` actors of `cpus` CPUs and `gpus` GPUs each hold together."""
-    return {"CPU": workers * cpus, "GPU": workers * gpus}
-
-
 def fmt_resources(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if v) or "nothing"
-
-
-def add_resources(dicts) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for resources in dicts:
-        for k, v in resources.items():
-            total[k] = total.get(k, 0) + v
-    return total
 
 
 def reserve(what: str, bundles: list[dict[str, float]]) -> int:

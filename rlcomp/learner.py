@@ -2,6 +2,10 @@
 
 The group knows nothing about algorithms: `train_step` takes micro-batches of tensors and the name of a
 registered loss (rlcomp/losses). SFT, DPO, distillation and the RL policy losses all run through it.
+
+The model a group trains is a spec: a causal LM or a value head (`head`), optionally with a LoRA adapter
+(`learner.lora`, via peft), exported as a plain Hugging Face directory (LoRA merged at a chosen scale, the
+adapter itself kept beside it in `adapter/`).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard  # FSDP2
 
 from rlcomp.cluster import PlacementError, fmt_resources, kill, name_actor, release, reserve
-from rlcomp.config import LearnerConfig, OptimConfig
+from rlcomp.schema import LearnerConfig, LoraConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
 PLACEMENT_TIMEOUT_S = float(os.environ.get("RLCOMP_PLACEMENT_TIMEOUT_S", 120))
@@ -47,6 +51,56 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def build_model(path: str, head: str = "causal_lm", lora: LoraConfig | None = None, attn: str = "sdpa"):
+    """The model a learner trains, in fp32 master weights: a causal LM, or (`head="value"`) the same body with
+    a scalar head per token (PPO's critic); with `lora`, a peft model whose base weights are frozen."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    if head == "value":
+        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
+                                                                attn_implementation=attn)
+    elif head == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    else:
+        raise ValueError(f"model head {head!r}: expected causal_lm or value")
+    if lora is not None:
+        from peft import LoraConfig as PeftLora, get_peft_model
+
+        model = get_peft_model(model, PeftLora(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.targets,
+                                               lora_dropout=lora.dropout))
+    return model
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The transformer blocks (FSDP2 shards one unit per block), through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.model.layers)
+
+
+def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None, lora_scale: float = 1.0,
+                adapter_dir: Path | None = None):
+    """A full state dict as the learner holds it -> a plain causal LM: a LoRA model's adapter merged at
+    `lora_scale` (theta + scale * delta: CoT-Valve's alpha), and saved to `adapter_dir` first if given."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if lora is None:
+        model.load_state_dict(state, assign=True)
+        return model
+    from peft import LoraConfig as PeftLora, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = get_peft_model(model, PeftLora(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.targets))
+    model.load_state_dict(state, assign=True)
+    if adapter_dir is not None:
+        model.save_pretrained(adapter_dir)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.scale_layer(lora_scale)
+    return model.merge_and_unload()
+
+
 class LearnerWorker:
     """One rank: holds its FSDP2 shard of the model and its optimizer state. A plain class made a Ray actor
     where it is started (`ray.remote(LearnerWorker)`), so Ray pickles its methods by reference."""
@@ -63,9 +117,7 @@ class LearnerWorker:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, address: str, port: int, model_path: str, optim: OptimConfig | None, total_steps: int, seed: int,
-              critic: bool = False):
-        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
-
+              head: str = "causal_lm"):
         from rlcomp.device import resolve_precision
 
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -74,24 +126,20 @@ class LearnerWorker:
         torch.manual_seed(seed)
         # flash-attention where installed (GPU): its variable-length kernels make packed batches pay off.
         attn = "flash_attention_2" if self.device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
-        if critic:  # PPO's value model: the policy's body with a scalar head per token
-            model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32,
-                                                                    attn_implementation=attn)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-        model = model.to(self.device)
+        model = build_model(model_path, head, self.cfg.lora, attn).to(self.device)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.precision = resolve_precision(self.cfg.mixed_precision, self.device.type)
         if self.world_size > 1 or os.environ.get("RLCOMP_FSDP_ALWAYS"):  # one rank has nothing to shard
-            for layer in model.model.layers:  # one FSDP unit per decoder layer, then the rest at the root
+            for layer in decoder_layers(model):  # one FSDP unit per decoder layer, then the rest at the root
                 fully_shard(layer)
             fully_shard(model)
         self.model, self.config, self.optim = model, model.config, optim
         if optim is None:  # a frozen model (the reference policy): forward passes only
             model.requires_grad_(False)
             return self.precision
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+        trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter only
+        self.optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=optim.betas,
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, optim, total_steps))
@@ -106,20 +154,27 @@ class LearnerWorker:
         with self._autocast():
             return self.model(**inputs, use_cache=False).logits.float()
 
-    def train_step(self, micro_batches: list[Batch], loss_name: str, loss_kwargs: dict) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches. Losses are normalised by global counts that the
-        driver puts in each batch, so the sum over ranks and micro-batches is the loss of the whole step."""
-        from rlcomp.losses import LOSSES
+    def _outputs(self, loss, batch: Batch):
+        """What the loss reads: the logits, or what its own forward returns (hidden states, several passes)."""
+        if loss.forward is None:
+            return self._forward(batch)
+        with self._autocast():
+            return loss.forward(self.model, batch)
 
-        loss_fn = LOSSES[loss_name]
+    def train_step(self, micro_batches: list[Batch], loss_fn, loss_kwargs: dict) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches with `loss_fn` (a registered Loss, sent by the
+        driver: a loss registered in the driver's process works here too). Losses are normalised by global
+        counts that the driver puts in each batch, so the sum over ranks and micro-batches is the step's loss."""
         self.model.train()
         totals: dict[str, float] = {}
+        counts: dict[str, float] = {}
         for batch in micro_batches:
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss, metrics = loss_fn(self._forward(batch), batch, **loss_kwargs)
+            loss, metrics = loss_fn(self._outputs(loss_fn, batch), batch, **loss_kwargs)
             (loss * self.world_size).backward()  # FSDP averages gradients over ranks; we want their sum
             for k, v in {"loss": loss.item(), **metrics}.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
         if self.optim.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
             totals["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) / self.world_size
@@ -127,9 +182,11 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = self.scheduler.get_last_lr()[0] / self.world_size
         self.scheduler.step()
-        summed = torch.tensor(list(totals.values()), dtype=torch.float64)
-        dist.all_reduce(summed)  # gloo has no AVG: metrics are normalised globally, so a sum is right
-        return dict(zip(totals, summed.tolist()))
+        names = list(totals)
+        summed = torch.tensor([totals[k] for k in names] + [counts.get(k, 0) for k in names], dtype=torch.float64)
+        dist.all_reduce(summed)  # gloo has no AVG: sum values and counts, then divide where a metric is a mean
+        values, n = summed[: len(names)].tolist(), summed[len(names):].tolist()
+        return {k: v / n[i] if loss_fn.reduce.get(k) == "mean" else v for i, (k, v) in enumerate(zip(names, values))}
 
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -189,6 +246,8 @@ class LearnerWorker:
 
         from rlcomp.weight_sync import send_weights
 
+        if self.cfg.lora is not None:
+            raise ValueError("weight_sync: broadcast sends the learner's own tensors; with LoRA use object_store")
         full = ((name, t.full_tensor() if isinstance(t, DTensor) else t) for name, t in self.model.state_dict().items())
         send_weights(getattr(self, "weight_group", None), full)
 
@@ -196,10 +255,14 @@ class LearnerWorker:
         """Gather the unsharded weights (a collective: every rank calls it); rank 0 returns them."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
-        return state if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        if self.cfg.lora is not None:  # rollout engines load plain weights: the adapter merged in
+            state = plain_model(state, self.config, self.cfg.lora).state_dict()
+        return state
 
-    def save_model(self, path: str, tokenizer_source: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def save_model(self, path: str, tokenizer_source: str, lora_scale: float = 1.0) -> None:
+        from transformers import AutoTokenizer
 
         state = self.full_state_dict()
         if self.rank != 0:
@@ -207,10 +270,7 @@ class LearnerWorker:
         final = Path(path)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(self.config)
-        plain.load_state_dict(state, assign=True)
-        plain.save_pretrained(tmp)
+        plain_model(state, self.config, self.cfg.lora, lora_scale, adapter_dir=tmp / "adapter").save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
         generation_config = Path(tokenizer_source) / "generation_config.json"
         if generation_config.is_file():
@@ -226,8 +286,8 @@ class LearnerGroup:
     """Driver-side handle: places the ranks, splits each step's micro-batches among them, gathers results."""
 
     def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig | None, total_steps: int = 1,
-                 seed: int = 0, critic: bool = False, name: str = "learner"):
-        """`optim=None` makes a frozen group (a reference model); `critic=True` a value model. `name` says
+                 seed: int = 0, head: str = "causal_lm", name: str = "learner"):
+        """`optim=None` makes a frozen group (a reference model); `head="value"` a value model. `name` says
         what the group is in messages (learner, critic, reference)."""
         n, self.name = learner.num_workers, name
         bundle = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})}
@@ -253,7 +313,7 @@ class LearnerGroup:
         for i, worker in enumerate(self.workers):
             name_actor(worker, f"{name} rank {i}")
         address, port = ray.get(self.workers[0].master_address.remote())
-        self.precision = ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, critic)
+        self.precision = ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, head)
                                   for w in self.workers])[0]  # what rank 0's device chose (all ranks alike)
 
     @property
@@ -268,9 +328,16 @@ class LearnerGroup:
         return [micro_batches[i :: self.world_size] for i in range(self.world_size)]
 
     def train_step(self, micro_batches: list[Batch], loss: str, **loss_kwargs) -> dict[str, float]:
-        """Deal micro-batches round-robin to the ranks and take one optimizer step."""
+        """Deal micro-batches round-robin to the ranks and take one optimizer step. Every micro-batch is checked
+        against what the loss requires before any rank runs a forward pass."""
+        from rlcomp.losses import LOSSES
+
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; registered: {', '.join(sorted(LOSSES))}")
+        for i, batch in enumerate(micro_batches):
+            LOSSES[loss].check(batch, f"micro-batch {i}")
         shares = self._shares(micro_batches)
-        return ray.get([w.train_step.remote(s, loss, loss_kwargs) for w, s in zip(self.workers, shares)])[0]
+        return ray.get([w.train_step.remote(s, LOSSES[loss], loss_kwargs) for w, s in zip(self.workers, shares)])[0]
 
     def token_outputs(self, micro_batches: list[Batch], temperature: float = 1.0) -> list[torch.Tensor]:
         """Target log-probs (or values, for a critic) of every micro-batch, in input order."""
@@ -293,8 +360,9 @@ class LearnerGroup:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return ray.get([w.full_state_dict.remote() for w in self.workers])[0]
 
-    def save_model(self, path: str | Path) -> Path:
-        ray.get([w.save_model.remote(str(path), self.model_path) for w in self.workers])
+    def save_model(self, path: str | Path, lora_scale: float = 1.0) -> Path:
+        """The model as a Hugging Face directory (a LoRA adapter merged at `lora_scale`, and kept in adapter/)."""
+        ray.get([w.save_model.remote(str(path), self.model_path, lora_scale) for w in self.workers])
         return Path(path)
 
     def shutdown(self) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
-from pydantic import BaseModel
 
 from rlcomp.cluster import HELD, dead_actors, init_ray
-from rlcomp.config import RecipeError, StageError
+from rlcomp.config import RecipeError, StageError, data_specs
 from rlcomp.report import MetricLogger, console, eval_table, write_atomic, write_json
 
 
@@ -33,11 +32,21 @@ class Run:
     stage: str = ""
     resume: bool = False  # continue an interrupted run in output_dir: skip finished stages, load checkpoints
     train_tokens: int = 0  # tokens the current stage has trained on (prompts and responses), for comparisons
+    start_model: str | None = None  # what the recipe started from: its `model`, else the first stage's output
 
     def stage_dir(self) -> Path:
         path = self.output_dir / "stages" / self.stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def data(self, spec):
+        """A stage's data spec as it loads: `from_stage` resolved to that stage's samples.jsonl in this run."""
+        if not spec.from_stage:
+            return spec
+        path = self.output_dir / "stages" / spec.from_stage / "samples.jsonl"
+        if not path.is_file():
+            raise ValueError(f"from_stage {spec.from_stage}: {path} does not exist (run the sample stage first)")
+        return spec.model_copy(update={"path": str(path)})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.logger.log(self.stage, metrics, step)
@@ -64,23 +73,6 @@ def default_output_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def data_specs(node, path: str):
-    """(key path, DataSpec) for every `data:`-like block anywhere in a validated recipe."""
-    from rlcomp.data import DataSpec
-
-    if isinstance(node, DataSpec):
-        yield path, node
-    elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            yield from data_specs(getattr(node, name), f"{path}.{name}")
-    elif isinstance(node, (list, tuple)):
-        for i, item in enumerate(node):
-            yield from data_specs(item, f"{path}.{i}")
-    elif isinstance(node, dict):
-        for key, item in node.items():
-            yield from data_specs(item, f"{path}.{key}")
-
-
 def check_data(recipe) -> None:
     """Load every synthetic task and local file a recipe names; a bad row raises RecipeError naming it.
     Hub dataset names are loaded by their stage (there may be no hub here, or it may be slow)."""
@@ -88,6 +80,8 @@ def check_data(recipe) -> None:
 
     for i, stage in enumerate(recipe.stages):
         for path, spec in data_specs(stage, f"stages.{i}"):
+            if spec.from_stage:  # written by an earlier stage of this run
+                continue
             if spec.path is None and spec.dataset not in TASKS and not Path(spec.dataset).exists():
                 continue
             try:
@@ -147,7 +141,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
     if resume and (out / "summary.json").is_file():
         earlier = json.loads((out / "summary.json").read_text())
         run.evals, run.precision = earlier["evals"], earlier.get("precision", {})
-    model = recipe.model
+    model = run.start_model = recipe.model
     started = time.time()
     try:
         for stage in recipe.stages:
@@ -155,6 +149,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             done_marker = out / "stages" / stage.name / "done.json"
             if resume and done_marker.is_file():
                 model = json.loads(done_marker.read_text())["model"] or model
+                run.start_model = run.start_model or model
                 console.print(f"stage {stage.name}: finished in an earlier run, skipped")
                 continue
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
@@ -166,6 +161,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             finally:
                 HELD.clear()  # a stage's actors end with it
             model = produced or model
+            run.start_model = run.start_model or produced
             write_json(done_marker, {"model": produced, "seconds": round(time.time() - stage_started, 1),
                                      "train_tokens": run.train_tokens})
             console.print(f"stage {stage.name} done in {time.time() - stage_started:.0f}s" +

@@ -2,7 +2,6 @@
 (methods side by side on a local cluster, a failing method, --resume)."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 

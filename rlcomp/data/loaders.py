@@ -1,7 +1,8 @@
 """`DataSpec` (the `data:` block of a recipe) and `load_examples`, which turns it into `Example`s.
 
 Sources: a synthetic task, a known benchmark file format (gsm8k, math500, aime, amc) read from a local path,
-a generic .jsonl/.parquet file, or a Hugging Face dataset name (loaded only when used). Generic rows may be
+a generic .jsonl/.parquet file, a Hugging Face dataset name (loaded only when used), or the samples an earlier
+`sample` stage of the run wrote (`from_stage`, with a `select`ion such as the shortest correct per prompt). Generic rows may be
 conversational as TRL and HF datasets are: `prompt` a list of messages (with `completion` a list holding the
 assistant message), or `messages` a whole conversation whose last message is the assistant's response.
 """
@@ -41,10 +42,15 @@ def verifier_for(data_source: str) -> str:
     return "gsm8k" if file_format(data_source) == "gsm8k" else "math"
 
 
+SELECTIONS = ("shortest_correct", "all_correct", "random_correct", "all")
+
+
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
+    dataset: str = ""  # a task, benchmark or hub name; may be left out with `from_stage`
+    from_stage: str | None = None  # read the samples.jsonl of this earlier `sample` stage of the run
+    select: Literal["shortest_correct", "all_correct", "random_correct", "all"] = "all"  # per prompt, of `from_stage`
     path: str | None = None
     split: str = "train"
     n: int | None = None
@@ -70,6 +76,14 @@ class DataSpec(BaseModel):
         return check_question_template(v, "prompt_template")
 
     @model_validator(mode="after")
+    def _source(self) -> DataSpec:
+        if not self.dataset and not self.from_stage:
+            raise ValueError("give `dataset` (a task, a benchmark or hub name) or `from_stage` (an earlier sample stage)")
+        if self.select != "all" and not self.from_stage:
+            raise ValueError(f"select: {self.select} picks among an earlier stage's samples: it needs `from_stage`")
+        return self
+
+    @model_validator(mode="after")
     def _format_needs_path(self) -> DataSpec:
         if file_format(self.dataset) and self.path is None:
             raise ValueError(f"dataset {self.dataset!r} needs a local `path` to its .jsonl/.parquet file "
@@ -83,6 +97,10 @@ class DataSpec(BaseModel):
 def load_examples(spec: DataSpec, prompt: PromptSpec | None = None) -> list[Example]:
     """The examples a spec describes, in a deterministic order (files: their own order, capped at n).
     A prompt spec's `instruction` replaces the dataset's wording of the question (`prompt_template`)."""
+    if spec.from_stage:  # prompts as the sampling stage rendered them: no template is applied again
+        if spec.path is None:
+            raise ValueError(f"from_stage {spec.from_stage}: the run gives the file's path (Run.data_spec)")
+        return select_samples(read_samples(spec.path), spec)
     if prompt is not None and prompt.instruction:
         spec = spec.model_copy(update={"prompt_template": prompt.instruction})
     if spec.dataset in TASKS:
@@ -110,6 +128,39 @@ def load_examples(spec: DataSpec, prompt: PromptSpec | None = None) -> list[Exam
         except ValueError as e:
             raise ValueError(f"{source}:{line}: {e}") from None
     return examples
+
+
+def read_samples(path: str | Path) -> dict[str, list[dict]]:
+    """A `sample` stage's samples.jsonl: its rows grouped by prompt id, in file order."""
+    by_prompt: dict[str, list[dict]] = {}
+    for line, row in _file_rows(Path(path)):
+        missing = [k for k in ("id", "prompt", "response", "answer", "tokens", "correct") if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{line}: not a sample stage's row: missing {', '.join(missing)}")
+        by_prompt.setdefault(row["id"], []).append(row)
+    return by_prompt
+
+
+def select_samples(by_prompt: dict[str, list[dict]], spec: DataSpec) -> list[Example]:
+    """A `sample` stage's rows (several responses per prompt) -> examples whose gold response is the selection:
+    per prompt the shortest correct (Kimi's shortest rejection sampling), every correct one, one correct one at
+    random (seeded), or every row. Prompts with no correct sample are left out by the correct-only selections."""
+    import random
+
+    rng = random.Random(spec.seed)
+    examples = []
+    for pid, group in by_prompt.items():
+        correct = [r for r in group if r["correct"]]
+        if spec.select == "shortest_correct":
+            chosen = [min(correct, key=lambda r: r["tokens"])] if correct else []
+        elif spec.select == "random_correct":
+            chosen = [rng.choice(correct)] if correct else []
+        else:
+            chosen = correct if spec.select == "all_correct" else group
+        examples += [Example(prompt=r["prompt"], answer=r["answer"], response=r["response"], id=pid,
+                             data_source=r.get("data_source", spec.dataset), extra=r.get("extra", {}))
+                     for r in chosen]
+    return examples[: spec.n] if spec.n is not None else examples
 
 
 def _resolve(spec: DataSpec) -> Path:

@@ -12,10 +12,10 @@ The only difference from "ppo" is the default aggregation (the GRPO paper's per-
 from __future__ import annotations
 
 from rlcomp.losses import register_loss
-from rlcomp.losses.ppo import policy_loss
+from rlcomp.losses.ppo import POLICY_FIELDS, policy_loss
 
 
-@register_loss("grpo")
+@register_loss("grpo", requires=POLICY_FIELDS)
 def grpo_loss(logits, batch, aggregation: str = "seq_mean", **kwargs):
     """See rlcomp.losses.ppo.policy_loss for the kwargs (temperature, clip_low/high, kl_*, entropy_coef)."""
     return policy_loss(logits, batch, aggregation=aggregation, **kwargs)

@@ -15,24 +15,25 @@ import torch
 
 from rlcomp.losses import register_loss
 from rlcomp.losses.kl import kl_estimate
-from rlcomp.losses.ppo import aggregate, clipped_surrogate, policy_outputs, token_mean
+from rlcomp.losses.ppo import POLICY_FIELDS, aggregate, clipped_surrogate, policy_outputs, token_mean
 
 
-@register_loss("o1_pruner")
+@register_loss("o1_pruner", requires=(*POLICY_FIELDS, "ref_logprobs"))
 def o1_pruner_loss(logits: torch.Tensor, batch: dict, ratio: str = "token", temperature: float = 1.0,
                    clip_low: float = 0.2, clip_high: float = 0.2, aggregation: str = "seq_mean",
-                   entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+                   entropy_coef: float = 0.0, dual_clip: float | None = None) -> tuple[torch.Tensor, dict]:
     logp, entropy, mask = policy_outputs(logits, batch["targets"], temperature, entropy_grad=entropy_coef != 0)
     ref, adv = batch["ref_logprobs"], batch["advantages"]
     if ratio == "token":
-        pg, r, clipped = clipped_surrogate(logp - ref, adv, clip_low, clip_high)
+        pg, r, clipped = clipped_surrogate(logp - ref, adv, clip_low, clip_high, dual_clip)
         pg_loss = aggregate(pg, mask, batch, aggregation)
         ratio_mean, clip_fraction = token_mean(r, mask, batch), token_mean(clipped, mask, batch)
     elif ratio == "sequence":
         lengths = mask.sum(-1).clamp(min=1)
         valid = (mask.sum(-1) > 0).float()  # padding rows, if any, count for nothing
         seq_adv = (adv * mask).sum(-1) / lengths  # R is constant over a response's tokens
-        pg, r, clipped = clipped_surrogate(((logp - ref) * mask).sum(-1) / lengths, seq_adv, clip_low, clip_high)
+        pg, r, clipped = clipped_surrogate(((logp - ref) * mask).sum(-1) / lengths, seq_adv, clip_low, clip_high,
+                                          dual_clip)
         n = batch["step_sequences"]
         pg_loss = (pg * valid).sum() / n
         ratio_mean, clip_fraction = float((r.detach() * valid).sum() / n), float((clipped * valid).sum() / n)

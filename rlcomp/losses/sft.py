@@ -6,7 +6,7 @@ import torch
 from rlcomp.losses import IGNORE, register_loss, token_logprobs
 
 
-@register_loss("sft")
+@register_loss("sft", requires=("targets",), normaliser="tokens")
 def sft_loss(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
     targets = batch["targets"]
     nll = -token_logprobs(logits, targets).sum()

@@ -10,8 +10,16 @@ from rlcomp.rewards.length import aes
 from rlcomp.rewards.reference import ReferenceTable
 from rlcomp.rewards.registry import RewardError, reward
 from rlcomp.rewards.scorer import Scorer
-from rlcomp.rewards.service import RewardService, start_reward_service
 from rlcomp.rewards.verifiers import VERIFIERS, Scores, verify
 
 __all__ = ["reward", "RewardSpec", "Scorer", "RewardService", "start_reward_service", "ReferenceTable",
            "RewardError", "verify", "Scores", "VERIFIERS", "aes"]
+
+
+def __getattr__(name: str):
+    # The Ray actor on first use (PEP 562): validating a recipe's `reward:` must not import ray.
+    if name in ("RewardService", "start_reward_service"):
+        from rlcomp.rewards import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module 'rlcomp.rewards' has no attribute {name!r}")

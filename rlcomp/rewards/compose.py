@@ -46,6 +46,8 @@ class O1PrunerPart(_Part):
     clip_length: Bounds | None = None  # e.g. [-1, 1]: bounds L_ref/L - 1, which is unbounded above
     clip: Bounds | None = None  # the official code clips R to [-2, 4]
     length_credit: Literal["all", "correct"] = "all"  # "correct": a wrong answer never gains from being short
+    # "dataset": R z-scored over every reference sample's R, as the official code z-scores its training set
+    normalize: Literal["none", "dataset"] = "none"
 
 
 class KimiPart(_Part):
@@ -67,6 +69,7 @@ class L1MaxPart(_TargetLengthPart):
     name: Literal["l1_max"]
     alpha: float = 0.01
     delta: float = 0.5
+    form: Literal["paper", "code"] = "paper"  # "code": L1's official code, half the paper's slope (length.l1_max)
 
 
 class DapoOverlongPart(_Part):
@@ -149,6 +152,11 @@ class RewardSpec(BaseModel):
                 raise ValueError(f"parts {needy} need correctness: set a verifier")
         return self
 
+    @property
+    def needs_reference_table(self) -> bool:
+        """A part scores against per-prompt statistics of the start model, collected before training."""
+        return any(isinstance(p, O1PrunerPart) for p in self.parts)
+
 
 @dataclass
 class Part:
@@ -199,19 +207,30 @@ def _part_scores(p, reference, functions, log_metric=None):  # noqa: C901 - one 
         if table is None and p.reference and Path(p.reference).is_file():
             table = ReferenceTable.load(p.reference)
 
+        def reward(n: int, accuracy: float, ref) -> float:
+            return length.o1_pruner(n, accuracy, ref.length, ref.accuracy, p.lam, p.clip_length, p.clip, p.length_credit)
+
+        shift, scale = 0.0, 1.0
+        if p.normalize == "dataset" and table is not None:
+            refs = list(table.by_prompt.values())
+            if any(r.sample_lengths is None for r in refs):
+                raise ValueError("o1_pruner normalize: dataset needs a reference table with every sample "
+                                 "(built by rlcomp, not loaded from an older file)")
+            rs = [reward(n, a, r) for r in refs for n, a in zip(r.sample_lengths, r.sample_accuracies)]
+            shift = sum(rs) / len(rs)
+            scale = max((sum((x - shift) ** 2 for x in rs) / max(1, len(rs) - 1)) ** 0.5, 1e-6)
+
         def o1(s: Sample) -> float:
             if table is None:
                 raise ValueError(f"o1_pruner needs a reference table: no file at `reference: {p.reference}` "
                                  "and none handed to the scorer (Scorer.set_reference)")
-            ref = table.lookup(s.prompt)
-            return length.o1_pruner(s.length, s.rewards["accuracy"], ref.length, ref.accuracy, p.lam,
-                                    p.clip_length, p.clip, p.length_credit)
+            return (reward(s.length, s.rewards["accuracy"], table.lookup(s.prompt)) - shift) / scale
         return _each_sample(o1)
     if isinstance(p, KimiPart):
         penalty = _each_group(lambda g: length.kimi([s.length for s in g], [_correct(s) for s in g]))
         return lambda groups, step: penalty(groups, step) if step >= p.warmup_steps else [[0.0] * len(g) for g in groups]
     if isinstance(p, L1MaxPart):
-        return _each_sample(lambda s: length.l1_max(s.length, _correct(s), _target(p, s), p.alpha, p.delta))
+        return _each_sample(lambda s: length.l1_max(s.length, _correct(s), _target(p, s), p.alpha, p.delta, p.form))
     if isinstance(p, L1ExactPart):
         return _each_sample(lambda s: length.l1_exact(s.length, _correct(s), _target(p, s), p.alpha))
     if isinstance(p, DapoOverlongPart):

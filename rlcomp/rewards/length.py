@@ -45,8 +45,13 @@ def l1_exact(length: int, correct: bool, target: int, alpha: float = 3e-4) -> fl
     return float(correct) - alpha * abs(target - length)
 
 
-def l1_max(length: int, correct: bool, target: int, alpha: float = 0.01, delta: float = 0.5) -> float:
-    """L1 / LCPO-Max: 1[correct] * clip(alpha * (target - length) + delta, 0, 1)."""
+def l1_max(length: int, correct: bool, target: int, alpha: float = 0.01, delta: float = 0.5,
+           form: str = "paper") -> float:
+    """L1 / LCPO-Max. form "paper" (the default): 1[correct] * clip(alpha * (target - length) + delta, 0, 1).
+    form "code" (L1's official code): 1[correct] * (clip(alpha * (target - length), -1, 1) + 1) / 2, which is
+    the paper's form with half the slope (alpha / 2) and delta 0.5."""
+    if form == "code":
+        return float(correct) * (_clip(alpha * (target - length), (-1.0, 1.0)) + 1) / 2
     return float(correct) * _clip(alpha * (target - length) + delta, (0.0, 1.0))
 
 

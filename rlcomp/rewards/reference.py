@@ -17,6 +17,8 @@ class Reference:
     length: float  # L_ref: mean response length (tokens)
     accuracy: float  # A_ref: mean correctness
     samples: int  # K
+    sample_lengths: list[int] | None = None  # each of the K samples (for O1-Pruner's dataset z-score)
+    sample_accuracies: list[float] | None = None
 
 
 class ReferenceTable:
@@ -36,7 +38,8 @@ class ReferenceTable:
                                      "samples first (Scorer.reference_table does)")
                 lengths.setdefault(prompt_key(s.prompt), []).append(s.length)
                 accuracies.setdefault(prompt_key(s.prompt), []).append(s.rewards["accuracy"])
-        return cls({p: Reference(sum(n) / len(n), sum(accuracies[p]) / len(n), len(n)) for p, n in lengths.items()})
+        return cls({p: Reference(sum(n) / len(n), sum(accuracies[p]) / len(n), len(n), n, accuracies[p])
+                    for p, n in lengths.items()})
 
     def lookup(self, prompt) -> Reference:
         try:

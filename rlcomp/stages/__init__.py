@@ -1,5 +1,18 @@
-"""Stages, one per file. Each module has a pydantic `Config` (its `type` a Literal) and
-`run(config, run: Run, model: str | None) -> str | None` returning the stage's output model, if any."""
-from rlcomp.stages import eval, make_model, rl, sft
+"""Stages, one per file. Each module has a pydantic `Config` (its `type` a Literal), `run(config, run: Run,
+model: str | None) -> str | None` returning the stage's output model, if any, and `resources(config)`: what it
+holds at once. Stage modules import torch, ray and vllm inside `run`, so validating a recipe loads none of them.
+Adding a stage: its file, and one entry below."""
+from typing import Annotated, Union
 
-STAGES = {module.Config.model_fields["type"].default: module for module in (make_model, sft, rl, eval)}
+from pydantic import Field
+
+from rlcomp.stages import dpo, eval, make_model, merge, rl, sample, sft
+
+STAGES = {module.Config.model_fields["type"].default: module
+          for module in (make_model, sft, rl, eval, sample, dpo, merge)}
+
+
+def stage_union():
+    """The recipe's `stages` item type: one of the registered stage configs, chosen by `type`."""
+    configs = tuple(stage.Config for stage in STAGES.values())
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 (dynamic union)

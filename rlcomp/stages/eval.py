@@ -8,12 +8,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlcomp.cluster import workers_resources
-from rlcomp.config import check_engine, StageConfig
 from rlcomp.data import TASKS, DataSpec, load_examples
 from rlcomp.prompts import thinking_split
 from rlcomp.report import console, progress, write_jsonl
-from rlcomp.rollout import RolloutGroup, SamplingParams
+from rlcomp.schema import StageConfig, check_engine, workers_resources
 
 
 class Config(StageConfig):
@@ -73,8 +71,10 @@ def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[f
     return verify(verifier, responses, golds)
 
 
-def evaluate(cfg: Config, rollout: RolloutGroup) -> tuple[dict, list]:
-    """Generate for cfg.data with the given rollout workers and score the responses."""
+def evaluate(cfg: Config, rollout) -> tuple[dict, list]:
+    """Generate for cfg.data with the given rollout workers (a RolloutGroup) and score the responses."""
+    from rlcomp.rollout import SamplingParams
+
     examples = load_examples(cfg.data, cfg.prompt)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             batch_size=cfg.batch_size)
@@ -103,6 +103,8 @@ def resources(cfg: Config) -> dict[str, float]:
 
 
 def run(cfg: Config, run, model: str | None) -> None:
+    from rlcomp.rollout import RolloutGroup
+
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
     rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)

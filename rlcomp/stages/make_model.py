@@ -5,8 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlcomp.config import StageConfig
-from rlcomp.models import count_parameters, make_tiny_model
+from rlcomp.schema import StageConfig
 
 
 class Config(StageConfig):
@@ -22,6 +21,7 @@ class Config(StageConfig):
 def run(cfg: Config, run, model: str | None) -> str:
     from transformers import AutoModelForCausalLM
 
+    from rlcomp.models import count_parameters, make_tiny_model
     from rlcomp.report import console
 
     path = make_tiny_model(

@@ -1,6 +1,7 @@
-"""Stage `rl`: online RL on one Ray cluster — GRPO, PPO, or O1-Pruner's off-policy objective.
+"""Stage `rl`: online RL on one Ray cluster, for any registered algorithm (rlcomp/algorithms: grpo, ppo,
+o1_pruner, ...). The stage reads the algorithm's attributes and never names one.
 
-rollout workers -> reward service -> advantages -> FSDP2 learner step -> weight sync -> eval / checkpoint.
+rollout workers -> reward service -> training signals -> FSDP2 learner step -> weight sync -> eval / checkpoint.
 """
 from __future__ import annotations
 
@@ -10,23 +11,15 @@ import time
 from dataclasses import replace
 from typing import Literal
 
-import ray
-import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from rlcomp.advantages import ADVANTAGES, whiten
-from rlcomp.batching import response_values, rl_micro_batches
-from rlcomp.checkpoint import latest_checkpoint, load_state, save_checkpoint
-from rlcomp.cluster import add_resources, workers_resources
-from rlcomp.config import check_engine, LearnerConfig, OptimConfig, StageConfig, Strict
+from rlcomp.algorithms import Algorithm, parse_algorithm
 from rlcomp.data import DataSpec, load_examples
-from rlcomp.learner import LearnerGroup
 from rlcomp.prompts import thinking_split
-from rlcomp.losses.kl import kl_penalty_in_reward
 from rlcomp.report import console, progress, write_jsonl
-from rlcomp.rewards import ReferenceTable, RewardSpec, start_reward_service
-from rlcomp.rollout import RolloutGroup, SamplingParams
-from rlcomp.weight_sync import WeightSync
+from rlcomp.rewards.compose import RewardSpec
+from rlcomp.schema import (LearnerConfig, OptimConfig, StageConfig, Strict, add_resources, check_engine,
+                           workers_resources)
 
 
 class RolloutConfig(Strict):
@@ -49,17 +42,6 @@ class RolloutConfig(Strict):
         return self
 
 
-class LossConfig(Strict):
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.2, ge=0)  # DAPO clip-higher: 0.28
-    aggregation: Literal["token_mean", "seq_mean", "constant"] | None = None  # None: the algorithm's default
-    kl_coef: float = Field(0.0, ge=0)  # KL to the reference model, in the loss
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = 0.0
-    ratio: Literal["token", "sequence"] = "token"  # O1-Pruner: per-token or geometric-mean sequence ratio
-    value_clip: float | None = 0.2  # PPO critic
-
-
 class ReferenceConfig(Strict):
     """O1-Pruner's reference statistics: K samples per prompt from the starting model."""
 
@@ -77,7 +59,9 @@ class EvalConfig(Strict):
 
 class Config(StageConfig):
     type: Literal["rl"] = "rl"
-    algorithm: Literal["grpo", "ppo", "o1_pruner"] = "grpo"
+    # `grpo`, or `{type: grpo, clip_high: 0.28, ...}`: the algorithm and its loss settings (rlcomp/algorithms)
+    algorithm: SerializeAsAny[Algorithm] = Field("grpo", validate_default=True)
+    _algorithm = field_validator("algorithm", mode="before")(classmethod(lambda cls, v: parse_algorithm(v)))
     data: DataSpec
     reward: RewardSpec = RewardSpec()
     reward_cpus: int = Field(1, gt=0)
@@ -86,11 +70,6 @@ class Config(StageConfig):
     max_steps: int = Field(20, gt=0)
     updates_per_step: int = Field(1, gt=0)  # optimizer steps per rollout batch (PPO epochs / mini-batches)
     micro_batches: int | None = Field(None, gt=0)  # per optimizer step; default: one per learner rank
-    norm_std: bool = True  # GRPO divides by the group std; Dr. GRPO does not
-    gamma: float = Field(1.0, ge=0, le=1)  # PPO GAE
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_in_reward: float = Field(0.0, ge=0)  # per-token KL penalty subtracted from the reward (k1)
-    loss: LossConfig = LossConfig()
     reference: ReferenceConfig = ReferenceConfig()
     optim: OptimConfig = OptimConfig(lr=1e-6)
     critic_optim: OptimConfig = OptimConfig(lr=1e-5)
@@ -135,7 +114,7 @@ def prompt_order(n: int, seed: int):
 
 def resources(cfg: Config) -> dict[str, float]:
     """Rollout workers, the policy (and a critic, a reference) learners and the reward service, held at once."""
-    learners = 1 + (cfg.algorithm == "ppo") + (cfg.loss.kl_coef > 0 or cfg.kl_in_reward > 0)
+    learners = 1 + cfg.algorithm.needs_critic + cfg.algorithm.needs_reference
     learner = cfg.learner
     return add_resources([workers_resources(cfg.rollout.workers, 1, cfg.rollout.gpus_per_worker),
                           workers_resources(learners * learner.num_workers, learner.cpus_per_worker,
@@ -143,38 +122,47 @@ def resources(cfg: Config) -> dict[str, float]:
 
 
 def run(cfg: Config, run, model: str | None) -> str:
+    import ray
+
+    from rlcomp.checkpoint import latest_checkpoint, load_state, save_checkpoint
+    from rlcomp.learner import LearnerGroup
+    from rlcomp.rewards import start_reward_service
+    from rlcomp.rollout import RolloutGroup, SamplingParams
+    from rlcomp.weight_sync import WeightSync
+
     if model is None:
         raise ValueError(f"stage {run.stage}: no input model")
-    stage_dir = run.stage_dir()
+    algo, stage_dir = cfg.algorithm, run.stage_dir()
     examples = load_examples(cfg.data, cfg.prompt)
-    uses_o1 = any(p.name == "o1_pruner" for p in cfg.reward.parts)
     rollout = RolloutGroup(model, cfg.rollout.engine, cfg.rollout.workers, cfg.rollout.gpus_per_worker, seed=run.seed,
                            sleep=cfg.rollout.sleep, prompt=cfg.prompt)
-    policy = LearnerGroup(model, cfg.learner, cfg.optim, cfg.max_steps * cfg.updates_per_step, run.seed)
+    total_updates = cfg.max_steps * cfg.updates_per_step
+    policy = LearnerGroup(model, cfg.learner, cfg.optim, total_updates, run.seed)
     sync = WeightSync(policy, rollout, cfg.rollout.weight_sync)
-    critic = LearnerGroup(model, cfg.learner, cfg.critic_optim, cfg.max_steps * cfg.updates_per_step, run.seed,
-                          critic=True, name="critic") if cfg.algorithm == "ppo" else None
-    needs_ref = cfg.loss.kl_coef > 0 or cfg.kl_in_reward > 0
-    reference = LearnerGroup(model, cfg.learner, None, name="reference") if needs_ref else None
+    critic = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), cfg.critic_optim, total_updates,
+                          run.seed, head="value", name="critic") if algo.needs_critic else None
+    reference = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), None,
+                             name="reference") if algo.needs_reference else None
     run.record_precision(f"{rollout.engine} engine", rollout.precision)
     for group in filter(None, (policy, critic, reference)):
         run.record_precision(group.name, group.precision)
     rewards = start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
     params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_tokens=cfg.rollout.max_tokens, logprobs=True)
-    if uses_o1:
+    if cfg.reward.needs_reference_table:
         ray.get(rewards.set_reference.remote(reference_table(cfg, rollout, rewards, examples, stage_dir)))
-    # O1-Pruner samples from the starting model throughout: keep its weights to restore after evaluations.
-    reference_weights = ray.put(policy.state_dict()) if cfg.algorithm == "o1_pruner" and cfg.eval else None
+    on_policy = algo.samples_from == "policy"  # else the workers keep the start model's weights throughout
+    # Off-policy: keep the start weights to give back to the workers after an evaluation of the policy.
+    reference_weights = ray.put(policy.state_dict()) if not on_policy and cfg.eval else None
     order, step, position = prompt_order(len(examples), run.seed), 0, 0
     history = StepHistory(stage_dir / "steps.jsonl")
     if run.resume and (checkpoint := latest_checkpoint(stage_dir)):
         step, position = load_state(checkpoint, policy, critic)
-        if cfg.algorithm != "o1_pruner":
+        if on_policy:
             sync.push()
         history.truncate(step)
         console.print(f"resumed from {checkpoint} at step {step}")
-    with progress(f"rl {run.stage} ({cfg.algorithm})", cfg.max_steps) as bar:
+    with progress(f"rl {run.stage} ({algo.type})", cfg.max_steps) as bar:
         bar.advance(step)
         while step < cfg.max_steps:
             times = {"start": time.time()}
@@ -188,7 +176,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             metrics = {**train_on(cfg, groups, policy, critic, reference, pad_id=rollout.pad_token_id), **logged}
             run.train_tokens += sum(len(s.prompt_ids) + len(s.response_ids) for g in groups for s in g)
             times["train"] = time.time()
-            if cfg.algorithm != "o1_pruner":  # O1-Pruner keeps sampling from the reference policy
+            if on_policy:
                 sync.push()
             times["sync"] = time.time()
             step += 1
@@ -210,69 +198,48 @@ def run(cfg: Config, run, model: str | None) -> str:
 
 
 def train_on(cfg: Config, groups, policy, critic, reference, pad_id: int) -> dict[str, float]:
-    """Advantages for one rollout batch, then `updates_per_step` optimizer steps on it."""
+    """The algorithm's training signals for one rollout batch, then `updates_per_step` optimizer steps on it."""
+    import torch
+
+    from rlcomp.batching import response_values, rl_micro_batches
+    from rlcomp.losses.kl import kl_penalty_in_reward
+
+    algo = cfg.algorithm
     samples = [s for g in groups for s in g]
     n_micro = max(cfg.micro_batches or 0, policy.world_size)
     n_micro += -n_micro % policy.world_size
     temperature = cfg.rollout.temperature
     counts = {"step_target_tokens": sum(len(s.response_ids) for s in samples), "step_sequences": len(samples),
               "max_response_length": cfg.rollout.max_tokens}
-    old = {"old_logprobs": [s.logprobs for s in samples]}
-    batches = rl_micro_batches(samples, n_micro, pad_id, old)
-    # One optimizer step on the batch: pi_old is the current policy, whose log-probs the loss computes anyway
-    # (detached), so a separate forward pass for them would change nothing. TRL skips it the same way.
-    on_policy = cfg.updates_per_step == 1 and cfg.algorithm != "o1_pruner" and not cfg.kl_in_reward
-    if cfg.recompute_logprobs and cfg.algorithm != "o1_pruner" and not on_policy:
-        old["old_logprobs"] = response_values(batches, policy.token_outputs(batches, temperature), samples)
-    per_token = {} if on_policy else dict(old)
+    fields = {"old_logprobs": [s.logprobs for s in samples]}
+    batches = rl_micro_batches(samples, n_micro, pad_id, fields)
+    # One optimizer step on freshly sampled data: pi_old is the current policy, whose log-probs the loss
+    # computes anyway (detached), so a separate forward pass for them would change nothing (TRL skips it too).
+    from_policy = algo.samples_from == "policy"
+    on_policy = cfg.updates_per_step == 1 and from_policy and not algo.kl_in_reward
+    if cfg.recompute_logprobs and from_policy and not on_policy:
+        fields["old_logprobs"] = response_values(batches, policy.token_outputs(batches, temperature), samples)
     if reference is not None:
-        per_token["ref_logprobs"] = response_values(batches, reference.token_outputs(batches, temperature), samples)
+        fields["ref_logprobs"] = response_values(batches, reference.token_outputs(batches, temperature), samples)
+    if critic is not None:
+        fields["values"] = response_values(batches, critic.token_outputs(batches), samples)
     token_rewards = []
     for i, s in enumerate(samples):  # the outcome reward sits on the last token; a KL penalty on every token
-        r = [0.0] * len(s.response_ids)
+        r = torch.zeros(len(s.response_ids))
         r[-1] = s.reward
-        if cfg.kl_in_reward:
-            pen = kl_penalty_in_reward(torch.tensor(per_token["old_logprobs"][i]),
-                                       torch.tensor(per_token["ref_logprobs"][i]),
-                                       torch.ones(len(r)), cfg.kl_in_reward, "k1")
-            r = (torch.tensor(r) - pen).tolist()
-        token_rewards.append(r)
-    metrics: dict[str, float] = {}
-    if cfg.algorithm == "ppo":
-        values = response_values(batches, critic.token_outputs(batches), samples)
-        per_token["values_old"], per_token["advantages"], per_token["returns"] = values, [], []
-        for r, v in zip(token_rewards, values):
-            adv, ret = ADVANTAGES["gae"](torch.tensor([r]), torch.tensor([v]), torch.ones(1, len(r)), cfg.gamma, cfg.lam)
-            per_token["advantages"].append(adv[0].tolist())
-            per_token["returns"].append(ret[0].tolist())
-        flat = torch.tensor([a for adv in per_token["advantages"] for a in adv])
-        flat = whiten(flat, torch.ones_like(flat)).split([len(r) for r in token_rewards])  # over the whole step
-        per_token["advantages"] = [a.tolist() for a in flat]
-    elif cfg.algorithm == "grpo":
-        totals = torch.tensor([[sum(token_rewards[gi * len(g) + j]) for j in range(len(g))] for gi, g in enumerate(groups)])
-        per_token["advantages"] = ADVANTAGES["grpo"](totals, norm_std=cfg.norm_std).flatten().tolist()
-    else:  # o1_pruner: the length-harmonizing reward itself is the advantage (samples from pi_ref)
-        per_token["advantages"] = [s.reward for s in samples]
-        per_token["ref_logprobs"] = old["old_logprobs"]
+        if algo.kl_in_reward:
+            r -= kl_penalty_in_reward(torch.tensor(fields["old_logprobs"][i]), torch.tensor(fields["ref_logprobs"][i]),
+                                      torch.ones(len(r)), algo.kl_in_reward, "k1")
+        token_rewards.append(r.tolist())
+    per_token = {k: v for k, v in fields.items() if k != "values" and (k != "old_logprobs" or not on_policy)}
+    per_token.update(algo.signals(groups, token_rewards, fields))
     batches = rl_micro_batches(samples, n_micro, pad_id, per_token, **counts)
-    loss_kwargs = loss_arguments(cfg)
+    metrics: dict[str, float] = {}
     for _ in range(cfg.updates_per_step):
-        metrics.update(policy.train_step(batches, cfg.algorithm, temperature=temperature, **loss_kwargs))
+        metrics.update(policy.train_step(batches, algo.loss, temperature=temperature, **algo.loss_kwargs()))
         if critic is not None:
-            metrics.update(critic.train_step(batches, "value", value_clip=cfg.loss.value_clip))
+            metrics.update(critic.train_step(batches, algo.critic_loss, **algo.critic_loss_kwargs()))
     return metrics
-
-
-def loss_arguments(cfg: Config) -> dict:
-    loss = cfg.loss
-    kwargs = {"clip_low": loss.clip_low, "clip_high": loss.clip_high, "entropy_coef": loss.entropy_coef}
-    if loss.aggregation:
-        kwargs["aggregation"] = loss.aggregation
-    if cfg.algorithm == "o1_pruner":
-        kwargs["ratio"] = loss.ratio
-    else:
-        kwargs.update(kl_coef=loss.kl_coef, kl_estimator=loss.kl_estimator)
-    return kwargs
 
 
 def step_metrics(groups, times: dict[str, float]) -> dict[str, float]:
@@ -295,14 +262,19 @@ def step_metrics(groups, times: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-def reference_table(cfg: Config, rollout, rewards, examples, stage_dir) -> ReferenceTable:
-    """O1-Pruner's per-prompt L_ref and A_ref from K samples of the starting model, saved for reuse."""
+def reference_table(cfg: Config, rollout, rewards, examples, stage_dir):
+    """Per-prompt L_ref and A_ref (O1-Pruner's ReferenceTable) from K samples of the starting model, saved."""
+    import ray
+
+    from rlcomp.rewards import ReferenceTable
+    from rlcomp.rollout import SamplingParams
+
     if cfg.reference.table:
         return ReferenceTable.load(cfg.reference.table)
     params = SamplingParams(n=cfg.reference.samples, temperature=cfg.reference.temperature or cfg.rollout.temperature,
                             top_p=cfg.reference.top_p or cfg.rollout.top_p, max_tokens=cfg.rollout.max_tokens)
     started = time.time()
-    with progress("o1_pruner reference samples", len(examples)) as bar:
+    with progress("reference samples", len(examples)) as bar:
         groups = rollout.generate(examples, params, on_done=bar.advance, chunk=64)
     table = ray.get(rewards.reference_table.remote(groups))
     table.save(stage_dir / "reference_table.jsonl")
@@ -312,8 +284,10 @@ def reference_table(cfg: Config, rollout, rewards, examples, stage_dir) -> Refer
 
 
 def periodic_eval(cfg: Config, run, rollout, policy, step: int, reference_weights) -> None:
-    """Greedy evaluation of the current policy on the rollout workers (they hold its weights, except under
-    O1-Pruner, whose workers get them for the evaluation and the reference weights back after it)."""
+    """Greedy evaluation of the current policy on the rollout workers (they hold its weights, except when the
+    algorithm samples from the start model: then they get them for the evaluation and the start weights back)."""
+    import ray
+
     from rlcomp.stages import eval as eval_stage
 
     if reference_weights is not None:

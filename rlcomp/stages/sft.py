@@ -7,13 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlcomp.batching import micro_batches, step_batches, tokenize_examples
-from rlcomp.cluster import workers_resources
-from rlcomp.config import LearnerConfig, OptimConfig, StageConfig
 from rlcomp.data import DataSpec, load_examples
-from rlcomp.learner import LearnerGroup
-from rlcomp.models import load_tokenizer
 from rlcomp.report import console, progress
+from rlcomp.schema import LearnerConfig, OptimConfig, StageConfig, workers_resources
 
 
 class Config(StageConfig):
@@ -37,10 +33,14 @@ def resources(cfg: Config) -> dict[str, float]:
 
 
 def run(cfg: Config, run, model: str | None) -> str:
+    from rlcomp.batching import micro_batches, step_batches, tokenize_examples
+    from rlcomp.learner import LearnerGroup
+    from rlcomp.models import load_tokenizer
+
     if model is None:
         raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a make_model stage first)")
     tokenizer = load_tokenizer(model)
-    sequences = tokenize_examples(tokenizer, load_examples(cfg.data, cfg.prompt), cfg.max_length, cfg.prompt)
+    sequences = tokenize_examples(tokenizer, load_examples(run.data(cfg.data), cfg.prompt), cfg.max_length, cfg.prompt)
     rng = random.Random(run.seed)
     steps_per_epoch = len(sequences) // cfg.batch_size
     if steps_per_epoch == 0:
