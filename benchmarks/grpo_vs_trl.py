@@ -48,7 +48,7 @@ def run_rlcomp(args) -> dict:
     from rlcomp.pipeline import run_recipe
 
     stage = {
-        "name": "grpo", "type": "rl", "algorithm": "grpo",
+        "name": "grpo", "type": "rl", "algorithm": {"type": "grpo", "kl_coef": 0.0},
         "data": {"dataset": "addition", "n": args.prompts * (args.warmup + args.steps), "cot": "verbose"},
         "reward": {"verifier": "auto", "parts": [{"name": "accuracy"}]},
         "rollout": {"engine": "hf", "workers": args.rollout_workers, "n": args.generations, "temperature": 1.0,
@@ -57,7 +57,6 @@ def run_rlcomp(args) -> dict:
         "optim": {"lr": args.lr, "schedule": "constant"},
         "learner": {"num_workers": args.learner_workers, "cpus_per_worker": args.threads / args.learner_workers,
                     "mixed_precision": "auto", "gradient_checkpointing": False},
-        "loss": {"kl_coef": 0.0},
     }
     recipe = validate_recipe({"model": args.model, "seed": 0, "cluster": {"num_cpus": max(8, args.threads)},
                               "stages": [stage]})

@@ -87,6 +87,7 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
         model = AutoModelForCausalLM.from_config(config)
     if lora is None:
         model.load_state_dict(state, assign=True)
+        model.tie_weights()  # assign=True unties a tied lm_head: saved twice, merges would see another model
         return model
     from peft import LoraConfig as PeftLora, get_peft_model
     from peft.tuners.lora import LoraLayer
@@ -98,7 +99,9 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scale_layer(lora_scale)
-    return model.merge_and_unload()
+    plain = model.merge_and_unload()
+    plain.tie_weights()
+    return plain
 
 
 class LearnerWorker:

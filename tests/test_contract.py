@@ -229,3 +229,46 @@ def test_a_lora_learner_trains_the_adapter_only_and_exports_at_any_scale(ray_clu
     torch.testing.assert_close(logits(tmp_path / "at1"), trained[mask], rtol=1e-4, atol=1e-4)  # alpha 1: trained
     assert not torch.allclose(logits(tmp_path / "at1"), logits(tiny_model))
     assert (tmp_path / "at1" / "adapter" / "adapter_config.json").is_file()
+
+
+def last_hidden(model, batch):
+    """A loss that owns its forward: the last layer's hidden states instead of the logits."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                use_cache=False)
+    return out.hidden_states[-1]
+
+
+@register_loss("toy_hidden_norm", requires=("input_ids", "attention_mask"), normaliser="sequences",
+               reduce={"hidden_width": "mean"}, forward=last_hidden)
+def toy_hidden_norm(hidden, batch):
+    mask = batch["attention_mask"].unsqueeze(-1)
+    loss = (hidden.float().square() * mask).sum() / mask.sum() / batch["step_sequences"]
+    return loss, {"hidden_width": float(hidden.shape[-1])}
+
+
+@pytest.mark.e2e
+def test_a_loss_may_own_the_forward_and_a_missing_field_is_named_first(ray_cluster, tiny_model):
+    import ray.cloudpickle
+
+    from rlcomp.batching import collate_padded, tokenize_examples
+    from rlcomp.config import LearnerConfig, OptimConfig
+    from rlcomp.data import get_task
+    from rlcomp.learner import LearnerGroup
+    from rlcomp.models import load_tokenizer
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    tokenizer = load_tokenizer(tiny_model)
+    seqs = tokenize_examples(tokenizer, get_task("addition").generate(8, split="train", seed=0, cot="terse"), 128)
+    batches = [collate_padded(seqs[i::2], tokenizer.pad_token_id) | {"step_sequences": 8} for i in range(2)]
+    group = LearnerGroup(tiny_model, LearnerConfig(num_workers=2, mixed_precision="fp32"), OptimConfig(lr=1e-3))
+    try:
+        with pytest.raises(ValueError, match="loss 'toy_hidden_norm' needs batch field 'step_sequences', "
+                                             "which micro-batch 1 lacks"):
+            group.train_step([batches[0], {k: v for k, v in batches[1].items() if k != "step_sequences"}],
+                             "toy_hidden_norm")
+        first = group.train_step(batches, "toy_hidden_norm")
+        second = group.train_step(batches, "toy_hidden_norm")
+    finally:
+        group.shutdown()
+    assert first["hidden_width"] == 64  # a mean over ranks and micro-batches, not their sum (4 x 64)
+    assert second["loss"] < first["loss"]

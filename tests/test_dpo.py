@@ -26,6 +26,7 @@ def pair_batch(ref_chosen=-1.2, ref_rejected=-2.0):
     ({"beta": 0.1, "label_smoothing": 0.1}, 0.6522893),  # -0.9 log sigmoid(0.1 h) - 0.1 log sigmoid(-0.1 h)
     ({"beta": 0.1, "variant": "ipo"}, 15.5527855),  # (h - 1 / 0.2)^2
     ({"beta": 0.1, "variant": "simpo", "gamma": 0.5}, 0.9453234),  # -log sigmoid(0.1 (s_c / 2 - s_r / 3) - 0.5)
+    ({"beta": 0.1, "nll_coef": 1.0}, 0.6417263 + 0.4581454),  # + the chosen's mean NLL, -s_c / 2
 ])
 def test_dpo_loss_hand_values(kwargs, expected):
     logits, batch = pair_batch()

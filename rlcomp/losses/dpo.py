@@ -8,6 +8,9 @@ reference (`ref_sequence_logprobs`, computed once before training), h = (s_c - s
     ipo      (h - 1 / (2 beta))^2                                         (IPO on summed log-probs, as OpenRLHF)
     simpo    -log sigmoid(beta (s_c / |c| - s_r / |r|) - gamma)           (reference-free, length-normalised)
 
+`nll_coef` c adds c times the chosen response's mean token NLL (RPO, TRL's `rpo_alpha`): it keeps the chosen
+likelihood from falling with the rejected one, DPO's usual way of collapsing a small model.
+
 The loss and every metric are sums over the micro-batch's pairs divided by the step's pair count
 (`step_pairs`), so they are the same under any split over ranks and micro-batches. Rewards are
 beta * (s - s_ref) (simpo: beta * s / |y|); `reward_accuracy` is the share of pairs whose chosen reward wins.
@@ -24,7 +27,7 @@ VARIANTS = ("sigmoid", "ipo", "simpo")
 
 @register_loss("dpo", requires=("targets", "ref_sequence_logprobs"), normaliser="pairs")
 def dpo_loss(logits: torch.Tensor, batch: dict, beta: float = 0.1, variant: str = "sigmoid",
-             label_smoothing: float = 0.0, gamma: float = 0.0) -> tuple[torch.Tensor, dict]:
+             label_smoothing: float = 0.0, gamma: float = 0.0, nll_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
     targets = batch["targets"]
     k = targets.shape[0] // 2
     seq = token_logprobs(logits, targets).sum(-1)
@@ -42,6 +45,8 @@ def dpo_loss(logits: torch.Tensor, batch: dict, beta: float = 0.1, variant: str 
             per_pair = (h - 1 / (2 * beta)).square()
     else:
         raise ValueError(f"unknown DPO variant {variant!r}; choose from {VARIANTS}")
+    if nll_coef:
+        per_pair = per_pair - nll_coef * seq[:k] / lengths[:k]
     n = batch["step_pairs"]
     chosen, rejected = rewards[:k].detach(), rewards[k:].detach()
     share = lambda x: float(x.sum()) / n  # noqa: E731

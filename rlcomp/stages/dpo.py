@@ -27,6 +27,7 @@ class Config(StageConfig):
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # sigmoid only (cDPO / OpenRLHF)
     gamma: float = Field(0.5, ge=0)  # simpo's target margin
+    nll_coef: float = Field(0.0, ge=0)  # + this x the chosen response's mean NLL (RPO; TRL's rpo_alpha)
     batch_size: int = Field(16, gt=0)  # pairs per optimizer step
     micro_batches: int | None = Field(None, gt=0)  # per step, over all ranks; default one per rank
     max_steps: int | None = Field(None, gt=0)  # default: epochs x steps per epoch
@@ -120,7 +121,8 @@ def run(cfg: Config, run, model: str | None) -> str:
     n_micro += -n_micro % group.world_size
     if n_micro > cfg.batch_size:
         raise ValueError(f"stage {run.stage}: batch_size {cfg.batch_size} pairs cannot fill {n_micro} micro-batches")
-    kwargs = {"beta": cfg.beta, "variant": cfg.variant, "label_smoothing": cfg.label_smoothing, "gamma": cfg.gamma}
+    kwargs = {"beta": cfg.beta, "variant": cfg.variant, "label_smoothing": cfg.label_smoothing, "gamma": cfg.gamma,
+              "nll_coef": cfg.nll_coef}
     order: list[int] = []
     with progress(f"dpo {run.stage}", total) as bar:
         for step in range(total):

@@ -42,7 +42,7 @@ class Config(StageConfig):
     weights: list[float] | None = None  # one per model; default 1/n (average) or 1 (task_arithmetic)
     method: Literal["average", "task_arithmetic"] = "average"
     base: str | None = None  # task_arithmetic: the model the task vectors are taken from
-    alpha: float = 1.0  # task_arithmetic: scales the sum of the weighted task vectors
+    alpha: float | None = None  # task_arithmetic: scales the sum of the weighted task vectors (default 1)
     max_shard_mb: float = Field(2000, gt=0)  # output safetensors shards (one file, no index, when it fits)
 
     @field_validator("weights")
@@ -60,9 +60,14 @@ class Config(StageConfig):
         if self.method == "average":
             if len(self.models) < 2:
                 raise ValueError("models: method average needs two or more models")
-            if self.base is not None or "alpha" in self.model_fields_set:
+            # not model_fields_set: a recipe written back out (a comparison's rows are) sets every field
+            if self.base is not None or self.alpha is not None:
                 raise ValueError("base and alpha are used by method task_arithmetic only")
         return self
+
+    @property
+    def task_alpha(self) -> float:
+        return 1.0 if self.alpha is None else self.alpha
 
     def merge_weights(self) -> list[float]:
         default = 1 / len(self.models) if self.method == "average" else 1.0
@@ -258,16 +263,16 @@ def run(cfg: Config, run, model: str | None) -> str:
     writer = ShardWriter(tmp, cfg.max_shard_mb * 2**20)
     names = models[0].names()
     for name in names:
-        writer.add(name, merge_tensor(name, models, weights, base, cfg.alpha))
+        writer.add(name, merge_tensor(name, models, weights, base, cfg.task_alpha))
     writer.close()
     replace_dir(tmp, output)
 
     write_json(run.stage_dir() / "merge.json", {
         "method": cfg.method, "models": cfg.models, "paths": [str(p) for p in paths], "weights": weights,
         "base": cfg.base, "base_path": str(base_path) if base_path else None,
-        "alpha": cfg.alpha if cfg.method == "task_arithmetic" else None,
+        "alpha": cfg.task_alpha if cfg.method == "task_arithmetic" else None,
     })
-    how = f"task arithmetic (alpha {cfg.alpha})" if base else "average"
+    how = f"task arithmetic (alpha {cfg.task_alpha})" if base else "average"
     console.print(f"merge: {how} of {len(paths)} models, weights {[round(w, 4) for w in weights]}, "
                   f"{writer.total_bytes / 2**20:.1f} MiB")
     return str(output)
