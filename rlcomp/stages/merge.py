@@ -85,7 +85,7 @@ def resolve(value: str, field: str, run, model: str | None) -> Path:
     if value in (INPUT, START):
         given = model if value == INPUT else getattr(run, "start_model", None)
         if given is None:
-            raise ValueError(f"merge: {field} is {value!r} but the run has no such model "
+            raise ValueError(f"merge: {field} is {value!r} but the run has no {value} model "
                              "(set `model`, or put a stage before it)")
         value = given
     path = Path(value).expanduser()
