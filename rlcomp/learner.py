@@ -254,20 +254,23 @@ class LearnerWorker:
         full = ((name, t.full_tensor() if isinstance(t, DTensor) else t) for name, t in self.model.state_dict().items())
         send_weights(getattr(self, "weight_group", None), full)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Gather the unsharded weights (a collective: every rank calls it); rank 0 returns them."""
+    def gathered_state(self) -> dict[str, torch.Tensor] | None:
+        """The unsharded weights as the learner names them (a collective: every rank calls it); rank 0 gets them."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
-        if self.rank != 0:
-            return None
-        if self.cfg.lora is not None:  # rollout engines load plain weights: the adapter merged in
+        return state if self.rank == 0 else None
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The plain model's weights, for rollout engines (a LoRA adapter merged in); rank 0 returns them."""
+        state = self.gathered_state()
+        if state is not None and self.cfg.lora is not None:
             state = plain_model(state, self.config, self.cfg.lora).state_dict()
         return state
 
     def save_model(self, path: str, tokenizer_source: str, lora_scale: float = 1.0) -> None:
         from transformers import AutoTokenizer
 
-        state = self.full_state_dict()
+        state = self.gathered_state()
         if self.rank != 0:
             return
         final = Path(path)
