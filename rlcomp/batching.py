@@ -54,27 +54,38 @@ def collate_packed(seqs: list[Sequence]) -> dict:
     return {"input_ids": as_row(ids), "position_ids": as_row(positions), "targets": as_row(targets)}
 
 
-def step_batches(seqs: list[Sequence], batch_size: int, mode: str, rng: random.Random) -> list[list[Sequence]]:
-    """One epoch of optimizer steps, each `batch_size` sequences. `bucket` groups sequences of similar length
-    (sorted within windows of 50 steps, then the steps shuffled); `pad` and `pack` take them in random order."""
-    order = list(seqs)
+def step_batches(items: list, batch_size: int, mode: str, rng: random.Random, length=lambda s: len(s[0])) -> list[list]:
+    """One epoch of optimizer steps, each `batch_size` items (sequences, or indices with their `length`).
+    `bucket` groups items of similar length (sorted within windows of 50 steps, then the steps shuffled); `pad`
+    and `pack` take them in random order."""
+    order = list(items)
     rng.shuffle(order)
     if mode == "bucket":
         window = batch_size * 50
-        order = [s for i in range(0, len(order), window) for s in sorted(order[i : i + window], key=lambda s: len(s[0]))]
+        order = [s for i in range(0, len(order), window) for s in sorted(order[i : i + window], key=length)]
     steps = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     if mode == "bucket":
         rng.shuffle(steps)
     return steps
 
 
-def micro_batches(step: list[Sequence], n: int, mode: str, pad_id: int) -> list[dict]:
-    """Split one step into n micro-batches (n >= the number of learner ranks)."""
-    parts = [step[i::n] for i in range(n)]
+def micro_batches(step: list[Sequence], n: int, mode: str, pad_id: int,
+                  per_sequence: dict[str, list[float]] | None = None) -> list[dict]:
+    """Split one step into n micro-batches (n >= the number of learner ranks). `per_sequence[key][i]` is a value
+    for step[i] (a per-sample LoRA scale, ...), put in its micro-batch as a tensor with one entry per row."""
+    if per_sequence and mode == "pack":
+        raise ValueError(f"per-sequence fields ({', '.join(per_sequence)}) need one sequence per row: "
+                         "batching bucket or pad, not pack")
+    parts = [list(range(len(step)))[i::n] for i in range(n)]
     total_targets = sum(len(ids) - p for ids, p in step)  # each sequence predicts len - prompt_len tokens
-    batches = [collate_packed(p) if mode == "pack" else collate_padded(p, pad_id) for p in parts if p]
-    for b in batches:
-        b["step_target_tokens"] = total_targets
+    batches = []
+    for part in filter(None, parts):
+        seqs = [step[i] for i in part]
+        batch = collate_packed(seqs) if mode == "pack" else collate_padded(seqs, pad_id)
+        for key, values in (per_sequence or {}).items():
+            batch[key] = torch.tensor([values[i] for i in part], dtype=torch.float32)
+        batch["step_target_tokens"] = total_targets
+        batches.append(batch)
     return batches
 
 

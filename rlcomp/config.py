@@ -139,8 +139,8 @@ def smoke_shrink(node, key=None):
                 v = 0
             elif k in SMOKE_CAPS and isinstance(v, (int, float)) and not isinstance(v, bool):
                 v = min(v, SMOKE_CAPS[k])
-            elif k in ("model", "table", "reference") and isinstance(v, str):
-                continue  # a real model, or a precomputed table: replaced by the tiny model
+            elif k in ("model", "table", "reference") and isinstance(v, str) and v != "start":
+                continue  # a real model, or a precomputed table: replaced by the tiny model (`start` names it)
             elif k == "prompt" and isinstance(v, dict):
                 continue  # a real model's chat template and system message: the tiny model has neither
             elif k in ("verifier", "engine") and isinstance(v, str):

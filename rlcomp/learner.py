@@ -78,9 +78,10 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None, lora_scale: float = 1.0,
-                adapter_dir: Path | None = None):
+                adapter_dir: Path | None = None, base: str | None = None):
     """A full state dict as the learner holds it -> a plain causal LM: a LoRA model's adapter merged at
-    `lora_scale` (theta + scale * delta: CoT-Valve's alpha), and saved to `adapter_dir` first if given."""
+    `lora_scale` (theta + scale * delta: CoT-Valve's alpha), and saved to `adapter_dir` first if given, naming
+    `base` (the model it was trained on) so that `export_lora` can merge it at another scale later."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -95,13 +96,47 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
     model = get_peft_model(model, PeftLora(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.targets))
     model.load_state_dict(state, assign=True)
     if adapter_dir is not None:
+        model.peft_config["default"].base_model_name_or_path = base
         model.save_pretrained(adapter_dir)
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scale_layer(lora_scale)
-    plain = model.merge_and_unload()
+    # safe_merge writes W + delta to new tensors: on one CPU rank the gathered state shares storage with the
+    # live model, and an in-place merge would add the delta to the weights being trained at every export.
+    plain = model.merge_and_unload(safe_merge=True)
     plain.tie_weights()
     return plain
+
+
+def export_lora(model_dir: str | Path, scale: float, out: str | Path) -> Path:
+    """A LoRA-trained model directory (its adapter/ names the base model) -> a plain Hugging Face directory at
+    theta + scale * delta (CoT-Valve: 0 the base, 1 as trained, > 1 extrapolated), written atomically."""
+    import json
+
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = Path(model_dir) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ValueError(f"{model_dir} has no LoRA adapter (adapter/adapter_config.json): a LoRA scale needs a "
+                         "model trained with learner.lora")
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter}/adapter_config.json names no base model (base_model_name_or_path)")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.scale_layer(scale)
+    final = Path(out)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.merge_and_unload().save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    if (Path(model_dir) / "generation_config.json").is_file():
+        shutil.copy(Path(model_dir) / "generation_config.json", tmp / "generation_config.json")
+    atomic_replace_dir(tmp, final)
+    return final
 
 
 class LearnerWorker:
@@ -276,7 +311,8 @@ class LearnerWorker:
         final = Path(path)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        plain_model(state, self.config, self.cfg.lora, lora_scale, adapter_dir=tmp / "adapter").save_pretrained(tmp)
+        base = str(Path(tokenizer_source).resolve()) if Path(tokenizer_source).is_dir() else tokenizer_source
+        plain_model(state, self.config, self.cfg.lora, lora_scale, tmp / "adapter", base).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
         generation_config = Path(tokenizer_source) / "generation_config.json"
         if generation_config.is_file():

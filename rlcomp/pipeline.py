@@ -125,6 +125,17 @@ def stage_error(stage: str, exc: BaseException, out: Path, resume_command: str) 
     return StageError(f"stage {stage}: {message} (traceback: {log})", log)
 
 
+def stage_input(given: str | None, run: Run, previous: str | None) -> str | None:
+    """A stage's input model: its own `model` ("start": what the run started from, e.g. a comparison's start
+    model), else the previous stage's output."""
+    if given != "start":
+        return given or previous
+    if run.start_model is None:
+        raise ValueError("model: start, but the run has no start model (set the recipe's `model`, or put a stage "
+                         "that makes one first)")
+    return run.start_model
+
+
 def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = False,
                resume_command: Callable[[Path], str] = default_resume_command) -> dict:
     """Run every stage of a validated recipe; returns the summary (also written to summary.json).
@@ -155,7 +166,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
             stage_started, run.train_tokens = time.time(), 0
             try:
-                produced = STAGES[stage.type].run(stage, run, stage.model or model)
+                produced = STAGES[stage.type].run(stage, run, stage_input(stage.model, run, model))
             except Exception as exc:
                 raise stage_error(stage.name, exc, out, resume_command(out)) from exc
             finally:

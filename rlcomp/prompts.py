@@ -49,15 +49,53 @@ class PromptSpec(BaseModel):
         return check_question_template(v, "instruction")
 
 
-def check_question_template(v: str | None, field: str) -> str | None:
-    """A format string whose only field is {question}, or a message naming `field` that says how to write one."""
+def check_question_template(v: str | None, field: str, key: str = "question") -> str | None:
+    """A format string whose only field is {key}, or a message naming `field` that says how to write one."""
     if v is not None:
         try:
-            v.format(question="")
+            v.format(**{key: ""})
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"{field} must be a format string using only {{question}} (write literal braces "
+            raise ValueError(f"{field} must be a format string using only {{{key}}} (write literal braces "
                              f"as {{{{ }}}}, e.g. \\boxed{{{{}}}}): {e!r}") from None
     return v
+
+
+CONDITIONS_FILE = "rlcomp_conditions.json"  # in a model directory: the prefixes it was trained under, by name
+
+
+def save_conditions(model_dir: str | Path, conditions: dict[str, str], default: str) -> None:
+    """Record in a saved model the condition prefixes it was trained under (C3oT: long and short), each a
+    format string with {question}, and the one to ask it with by default."""
+    import json
+
+    from rlcomp.report import write_atomic
+
+    write_atomic(Path(model_dir) / CONDITIONS_FILE, json.dumps({"default": default, "conditions": conditions}) + "\n")
+
+
+def condition_prefix(model: str | None, condition: str | None = None) -> str | None:
+    """The prefix a model's recorded `condition` (default: the model's default) puts around each question;
+    None for a model that records none."""
+    import json
+
+    path = Path(model or "") / CONDITIONS_FILE
+    if not model or not path.is_file():
+        if condition is not None:
+            raise ValueError(f"condition {condition!r}: the model {model} was trained under no conditions "
+                             f"(no {CONDITIONS_FILE})")
+        return None
+    recorded = json.loads(path.read_text())
+    name = condition or recorded["default"]
+    if name not in recorded["conditions"]:
+        raise ValueError(f"condition {name!r}: the model {model} knows {sorted(recorded['conditions'])}")
+    return recorded["conditions"][name]
+
+
+def apply_condition(examples: list, prefix: str | None) -> list:
+    """The examples with each prompt wrapped in a condition prefix (after the stage's own instruction)."""
+    from dataclasses import replace
+
+    return examples if prefix is None else [replace(e, prompt=wrap_question(e.prompt, prefix)) for e in examples]
 
 
 def is_conversational(prompt: Any) -> bool:

@@ -95,7 +95,8 @@ class StageConfig(Strict):
     """Fields every stage has. Subclasses set `type` to a Literal and are registered in rlcomp/stages."""
 
     name: str | None = None
-    model: str | None = None  # input model; default: the previous stage's output (or the recipe's `model`)
+    # input model; default: the previous stage's output (or the recipe's `model`); "start": what the run started from
+    model: str | None = None
     prompt: PromptSpec | None = None  # how prompts meet the model (rlcomp/prompts.py); default: the recipe's
 
     _check_model = field_validator("model")(classmethod(lambda cls, v: check_model_path(v)))

@@ -83,16 +83,16 @@ def test_a_user_reward_that_raises_names_the_stage_and_the_function(tmp_path):
     line = only_line(result.stderr)
     assert line.startswith("rlcomp: error: stage grpo: reward function"), line
     assert "broken" in line and "raised ZeroDivisionError: no length yet" in line, line
-    debug = rlcomp("--debug", "run", write_recipe(tmp_path, stage), "--output-dir", tmp_path / "out2")
-    assert "Traceback" in debug.stderr and error_lines(debug.stderr)
 
 
-def test_a_stage_that_rejects_its_data_names_itself(tmp_path):
+def test_a_stage_that_rejects_its_data_names_itself_and_debug_shows_the_traceback(tmp_path):
     stage = {"name": "tiny_sft", "type": "sft", "data": {"dataset": "addition", "n": 10}, "batch_size": 32}
-    result = rlcomp("run", write_recipe(tmp_path, stage), "--output-dir", tmp_path / "out")
+    result = rlcomp("--debug", "run", write_recipe(tmp_path, stage), "--output-dir", tmp_path / "out")
     assert result.returncode == 1, result.stderr
-    line = only_line(result.stderr)
+    [line] = error_lines(result.stderr)
+    assert result.stderr.strip().splitlines()[-1] == line
     assert "stage tiny_sft: 10 examples are fewer than batch_size 32" in line, line
+    assert "Traceback" in result.stderr  # --debug: the stage's traceback before the one line
 
 
 def learner_pids(root: int) -> list[int]:
@@ -117,7 +117,7 @@ def test_a_killed_learner_gives_its_name_the_last_checkpoint_and_the_resume_comm
     recipe = write_recipe(tmp_path, stage)
     out = tmp_path / "out"
     run = subprocess.Popen([sys.executable, "-m", "rlcomp.cli", "run", str(recipe), "--output-dir", str(out),
-                            "stages.grpo.max_steps=30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            "stages.grpo.max_steps=8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     latest = out / "stages" / "grpo" / "checkpoints" / "latest"
     deadline = time.time() + 240
@@ -134,9 +134,9 @@ def test_a_killed_learner_gives_its_name_the_last_checkpoint_and_the_resume_comm
     assert "stage grpo: learner rank" in line and "died" in line, line
     assert "last checkpoint " + str(out / "stages" / "grpo" / "checkpoints" / "step_") in line, line
     command = line.split("resume with: ", 1)[1].split(" (traceback:")[0]
-    assert command == shlex.join(["rlcomp", "run", str(recipe), "--resume", str(out), "stages.grpo.max_steps=30"])
+    assert command == shlex.join(["rlcomp", "run", str(recipe), "--resume", str(out), "stages.grpo.max_steps=8"])
 
     resumed = rlcomp(*shlex.split(command)[1:])  # the same command, through this interpreter
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(x)["step"] for x in (out / "stages" / "grpo" / "steps.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 31)), steps
+    assert steps == list(range(1, 9)), steps

@@ -92,7 +92,8 @@ class Task:
             examples.append(Example(
                 prompt=p.text, answer=p.answer, response=self.render(p, cot, rng),
                 id=f"{self.name}/{split}/{len(examples)}", data_source=self.name,
-                extra={"question": p.text, "n_steps": len(p.steps), "split": split,
+                # The terse form rides along: C3oT's compressor for synthetic tasks (terse rendering draws nothing).
+                extra={"question": p.text, "n_steps": len(p.steps), "split": split, "terse": self.render(p, "terse", rng),
                        **({"level": p.level} if p.level is not None else {})},
             ))
         return examples

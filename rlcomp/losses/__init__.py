@@ -71,3 +71,4 @@ from rlcomp.losses import ppo  # noqa: E402,F401
 from rlcomp.losses import grpo  # noqa: E402,F401
 from rlcomp.losses import o1_pruner  # noqa: E402,F401
 from rlcomp.losses import dpo  # noqa: E402,F401
+from rlcomp.losses import cot_valve  # noqa: E402,F401

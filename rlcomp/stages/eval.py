@@ -3,13 +3,14 @@ report accuracy (pass@1 averaged over the `n` samples per problem), pass@k, mean
 overall and per level when the problems carry one (`extra[level_key]`)."""
 from __future__ import annotations
 
+import shutil
 from math import comb
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rlcomp.data import TASKS, DataSpec, load_examples
-from rlcomp.prompts import thinking_split
+from rlcomp.prompts import apply_condition, condition_prefix, thinking_split
 from rlcomp.report import console, progress, write_jsonl
 from rlcomp.schema import StageConfig, check_engine, workers_resources
 
@@ -29,6 +30,12 @@ class Config(StageConfig):
     verifier: str | None = None  # default: the dataset's (a synthetic task's checker, gsm8k, math)
     pass_k: list[int] = []  # report pass@k for these k (each at most n), from the n samples per problem
     level_key: str = "level"  # the problems' column that names their difficulty level, for per-level results
+    # For a model trained under condition prefixes (C3oT's long and short): which one to ask it with; default:
+    # the model's own default (rlcomp/prompts.py, condition_prefix); models without conditions take none.
+    condition: str | None = None
+    # For a model trained with a LoRA adapter (CoT-Valve): evaluate theta + lora_scale * delta (merged into a
+    # copy in the stage directory, removed afterwards); unset: the model as saved.
+    lora_scale: float | None = None
 
     @model_validator(mode="after")
     def _k_fits(self):
@@ -71,11 +78,12 @@ def correctness(verifier: str, responses: list[str], golds: list[str]) -> list[f
     return verify(verifier, responses, golds)
 
 
-def evaluate(cfg: Config, rollout) -> tuple[dict, list]:
-    """Generate for cfg.data with the given rollout workers (a RolloutGroup) and score the responses."""
+def evaluate(cfg: Config, rollout, prefix: str | None = None) -> tuple[dict, list]:
+    """Generate for cfg.data with the given rollout workers (a RolloutGroup) and score the responses; `prefix`
+    wraps every question (a condition the model was trained under)."""
     from rlcomp.rollout import SamplingParams
 
-    examples = load_examples(cfg.data, cfg.prompt)
+    examples = apply_condition(load_examples(cfg.data, cfg.prompt), prefix)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             batch_size=cfg.batch_size)
     with progress(f"eval {cfg.data.dataset}", len(examples)) as bar:
@@ -107,13 +115,25 @@ def run(cfg: Config, run, model: str | None) -> None:
 
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
+    prefix = condition_prefix(model, cfg.condition)
+    scaled = None
+    if cfg.lora_scale is not None:
+        from rlcomp.learner import export_lora
+
+        model = scaled = str(export_lora(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}"))
     rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)
     run.record_precision(f"{rollout.engine} engine", rollout.precision)
     try:
-        result, samples = evaluate(cfg, rollout)
+        result, samples = evaluate(cfg, rollout, prefix)
     finally:
         rollout.shutdown()
+        if scaled:
+            shutil.rmtree(scaled, ignore_errors=True)
     result["model"] = model
+    if cfg.lora_scale is not None:
+        result["lora_scale"] = cfg.lora_scale
+    if prefix is not None:
+        result["condition"] = prefix
     run.record_eval(result)
     write_jsonl(run.stage_dir() / "samples.jsonl",
                 ({"prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length,

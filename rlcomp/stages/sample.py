@@ -4,8 +4,12 @@ reward service, written as a dataset: `samples.jsonl` in the stage directory, on
 Later stages read it with `data: {from_stage: <this stage>, select: shortest_correct | all_correct |
 random_correct | all}` (Kimi k1.5's shortest rejection sampling, DPO pairs, ...); users read it as JSON lines:
 id, prompt, response, answer, tokens, correct, reward, rewards (every part), finished, level, sample (its index
-among the prompt's n), data_source and extra (the dataset's columns). The prompts are generated in chunks, each
-written to chunks/ when done: an interrupted run resumes after the last finished chunk.
+among the prompt's n; -1 for the gold response), lora_scale, data_source and extra (the dataset's columns). The
+prompts are generated in chunks, each written to chunks/ when done: an interrupted run resumes after the last
+finished chunk.
+
+With `lora_scales` it is CoT-Valve's MixChain: a LoRA-trained model sampled at several scales of its delta
+(greedy by default in the recipes), so each question gets solutions of decreasing length.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rlcomp.data import DataSpec, load_examples
+from rlcomp.prompts import apply_condition, condition_prefix
 from rlcomp.report import console, progress, write_json, write_jsonl
 from rlcomp.rewards.compose import RewardSpec
 from rlcomp.schema import StageConfig, add_resources, check_engine, workers_resources
@@ -37,6 +42,9 @@ class Config(StageConfig):
     # not Kimi's method, but a model that rarely solves a problem then still has a correct response to learn from.
     include_gold: bool = False
     level_key: str = "level"
+    # MixChain (CoT-Valve): sample the input model's LoRA delta at each of these scales (theta + scale * delta;
+    # the model must have been trained with learner.lora), every row recording its `lora_scale`.
+    lora_scales: list[float] | None = None
 
 
 def resources(cfg: Config) -> dict[str, float]:
@@ -53,13 +61,20 @@ def gold_sample(example, rollout):
                   extra={**example.extra, "gold": True})
 
 
-def rows(examples, groups, level_key: str) -> list[dict]:
-    """One JSON row per sample (groups[i] answers examples[i]); `correct` is the verifier's verdict."""
-    return [{"id": e.id, "prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length,
-             "correct": s.rewards.get("accuracy", 0.0) >= 0.5, "reward": s.reward, "rewards": s.rewards,
-             "finished": s.finished, "level": e.extra.get(level_key), "sample": -1 if s.extra.get("gold") else j,
-             "data_source": s.data_source, "extra": e.extra}
-            for e, group in zip(examples, groups) for j, s in enumerate(group)]
+def rows(examples, groups, level_key: str, scale: float | None = None) -> list[dict]:
+    """One JSON row per sample (groups[i] answers examples[i]); `correct` is the verifier's verdict; `lora_scale`
+    the scale the sampling model's LoRA delta had (MixChain; None for the gold response and plain models)."""
+    out = []
+    for e, group in zip(examples, groups):
+        for j, s in enumerate(group):
+            gold = bool(s.extra.get("gold"))
+            alpha = None if gold else scale
+            out.append({"id": e.id, "prompt": s.prompt, "response": s.response, "answer": s.answer, "tokens": s.length,
+                        "correct": s.rewards.get("accuracy", 0.0) >= 0.5, "reward": s.reward, "rewards": s.rewards,
+                        "finished": s.finished, "level": e.extra.get(level_key), "sample": -1 if gold else j,
+                        "lora_scale": alpha, "data_source": s.data_source,
+                        "extra": {**e.extra, "lora_scale": alpha} if scale is not None else e.extra})
+    return out
 
 
 def summarize(every: list[dict]) -> dict:
@@ -77,46 +92,75 @@ def summarize(every: list[dict]) -> dict:
 
 def run(cfg: Config, run, model: str | None) -> None:
     import json
-
-    import ray
+    import shutil
 
     from rlcomp.rewards import start_reward_service
-    from rlcomp.rollout import RolloutGroup, SamplingParams
 
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to sample from")
-    examples = load_examples(run.data(cfg.data), cfg.prompt)
+    # A model trained under condition prefixes (C3oT) is asked under its default one.
+    examples = apply_condition(load_examples(run.data(cfg.data), cfg.prompt), condition_prefix(model))
     for i, e in enumerate(examples):  # rows of one prompt are told apart by its id
         e.id = e.id or f"{cfg.data.dataset or 'prompt'}-{i}"
     chunks = run.stage_dir() / "chunks"
     chunks.mkdir(exist_ok=True)
     starts = range(0, len(examples), cfg.chunk)
-    todo = [s for s in starts if not (chunks / f"{s:08d}.jsonl").is_file()]
-    if len(todo) < len(starts):
-        console.print(f"sample: {len(starts) - len(todo)} of {len(starts)} chunks done in an earlier run, kept")
-    if todo:
-        rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, seed=run.seed, prompt=cfg.prompt)
-        run.record_precision(f"{rollout.engine} engine", rollout.precision)
-        rewards = start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
+    rewards, files = None, []
+    for k, scale in enumerate(cfg.lora_scales or [None]):
+        names = [chunks / (f"{s:08d}.jsonl" if scale is None else f"scale{scale:g}-{s:08d}.jsonl") for s in starts]
+        files += names
+        todo = [(start, name) for start, name in zip(starts, names) if not name.is_file()]
+        if len(todo) < len(starts):
+            console.print(f"sample: {len(starts) - len(todo)} of {len(starts)} chunks"
+                          f"{'' if scale is None else f' at LoRA scale {scale:g}'} done in an earlier run, kept")
+        if not todo:
+            continue
+        rewards = rewards or start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
+        source = model
+        if scale is not None:  # MixChain: theta + scale * delta, merged into a copy for the engines
+            from rlcomp.learner import export_lora
+
+            source = str(export_lora(model, scale, run.stage_dir() / "model_at_scale"))
         try:
-            with progress(f"sample {run.stage}", len(examples)) as bar:
-                bar.advance(len(examples) - sum(len(examples[s : s + cfg.chunk]) for s in todo))
-                for start in todo:
-                    params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                            max_tokens=cfg.max_tokens, seed=run.seed + start)
-                    part = examples[start : start + cfg.chunk]
-                    groups = rollout.generate(part, params)
-                    if cfg.include_gold:
-                        groups = [g + [gold_sample(e, rollout)] if e.response else g for e, g in zip(part, groups)]
-                    groups = ray.get(rewards.score.remote(groups))
-                    write_jsonl(chunks / f"{start:08d}.jsonl", rows(part, groups, cfg.level_key))
-                    bar.advance(len(groups))
+            sample_chunks(cfg, run, source, examples, todo, rewards, gold=cfg.include_gold and k == 0, scale=scale)
         finally:
-            rollout.shutdown()
-    every = [json.loads(line) for s in starts for line in (chunks / f"{s:08d}.jsonl").read_text().splitlines()]
+            if scale is not None:
+                shutil.rmtree(source, ignore_errors=True)
+    every = [json.loads(line) for name in files for line in name.read_text().splitlines()]
     write_jsonl(run.stage_dir() / "samples.jsonl", every)
     summary = summarize(every)
+    if cfg.lora_scales:
+        summary["by_lora_scale"] = {str(a): summarize([r for r in every if r["lora_scale"] == a])
+                                    for a in [None, *cfg.lora_scales] if any(r["lora_scale"] == a for r in every)}
+        for a, part in summary["by_lora_scale"].items():
+            console.print(f"  LoRA scale {a}: accuracy {part['accuracy']:.3f}, mean tokens {part['mean_tokens']:.1f}")
     write_json(run.stage_dir() / "summary.json", summary)
     console.print(f"sample: {summary['samples']} samples of {summary['prompts']} prompts, accuracy "
                   f"{summary['accuracy']:.3f}, mean tokens {summary['mean_tokens']:.1f} (shortest correct per prompt "
                   f"{summary['mean_shortest_correct_tokens']:.1f}); {run.stage_dir() / 'samples.jsonl'}")
+
+
+def sample_chunks(cfg: Config, run, model: str, examples: list, todo: list, rewards, gold: bool,
+                  scale: float | None) -> None:
+    """Generate, score and write each (start, file) chunk of `todo`."""
+    import ray
+
+    from rlcomp.rollout import RolloutGroup, SamplingParams
+
+    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, seed=run.seed, prompt=cfg.prompt)
+    run.record_precision(f"{rollout.engine} engine", rollout.precision)
+    try:
+        label = f"sample {run.stage}" + ("" if scale is None else f" (LoRA scale {scale:g})")
+        with progress(label, sum(len(examples[s : s + cfg.chunk]) for s, _ in todo)) as bar:
+            for start, name in todo:
+                params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        max_tokens=cfg.max_tokens, seed=run.seed + start)
+                part = examples[start : start + cfg.chunk]
+                groups = rollout.generate(part, params)
+                if gold:
+                    groups = [g + [gold_sample(e, rollout)] if e.response else g for e, g in zip(part, groups)]
+                groups = ray.get(rewards.score.remote(groups))
+                write_jsonl(name, rows(part, groups, cfg.level_key, scale))
+                bar.advance(len(groups))
+    finally:
+        rollout.shutdown()

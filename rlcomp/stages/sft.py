@@ -33,31 +33,52 @@ def resources(cfg: Config) -> dict[str, float]:
 
 
 def run(cfg: Config, run, model: str | None) -> str:
+    if model is None:
+        raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a make_model stage first)")
+    return train(cfg, run, model, load_examples(run.data(cfg.data), cfg.prompt))
+
+
+def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", fields: dict[str, list] | None = None,
+          phases: list[list[int]] | None = None, lora_scale: float = 1.0) -> str:
+    """SFT of `model` on the examples' gold responses, as `cfg` says; returns the saved model's directory.
+    Stages that build their own training data call it (c3ot, cot_valve): `fields[key][i]` is a value example i's
+    micro-batch row carries for `loss` (CoT-Valve++'s per-sample LoRA scale); `phases` are lists of example
+    indices trained one epoch each, in order (CoT-Valve's progressive schedule), instead of `cfg.epochs`;
+    `lora_scale` is the scale a LoRA adapter is merged at in the saved model."""
     from rlcomp.batching import micro_batches, step_batches, tokenize_examples
     from rlcomp.learner import LearnerGroup
     from rlcomp.models import load_tokenizer
 
-    if model is None:
-        raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a make_model stage first)")
     tokenizer = load_tokenizer(model)
-    sequences = tokenize_examples(tokenizer, load_examples(run.data(cfg.data), cfg.prompt), cfg.max_length, cfg.prompt)
+    sequences = tokenize_examples(tokenizer, examples, cfg.max_length, cfg.prompt)
     rng = random.Random(run.seed)
-    steps_per_epoch = len(sequences) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"stage {run.stage}: {len(sequences)} examples are fewer than batch_size {cfg.batch_size}")
-    total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    length = lambda i: len(sequences[i][0])  # noqa: E731
+    if phases is None:
+        if len(sequences) < cfg.batch_size:
+            raise ValueError(f"stage {run.stage}: {len(sequences)} examples are fewer than batch_size {cfg.batch_size}")
+        total = cfg.max_steps or max(1, int(cfg.epochs * (len(sequences) // cfg.batch_size)))
+
+        def plan():
+            while True:  # epoch after epoch, each shuffled anew
+                yield from reversed(step_batches(range(len(sequences)), cfg.batch_size, cfg.batching, rng, length))
+    else:
+        planned = [step_batches(phase, cfg.batch_size, cfg.batching, rng, length) for phase in phases]
+        if short := [len(phase) for phase, steps in zip(phases, planned) if not steps]:
+            raise ValueError(f"stage {run.stage}: a phase of {short[0]} examples is fewer than batch_size {cfg.batch_size}")
+        planned = [step for steps in planned for step in steps]
+        total = min(cfg.max_steps or len(planned), len(planned))
+        plan = lambda: iter(planned)  # noqa: E731
     group = LearnerGroup(model, cfg.learner, cfg.optim, total_steps=total, seed=run.seed)
     run.record_precision("learner", group.precision)
     n_micro = max(cfg.micro_batches or 0, group.world_size)
     output = run.stage_dir() / "model"
-    epoch_steps: list = []
     tokens, started = 0, time.time()
     with progress(f"sft {run.stage}", total) as bar:
-        for step in range(total):
-            if not epoch_steps:
-                epoch_steps = step_batches(sequences, cfg.batch_size, cfg.batching, rng)
-            batch = epoch_steps.pop()
-            metrics = group.train_step(micro_batches(batch, n_micro, cfg.batching, tokenizer.pad_token_id), "sft")
+        for step, indices in zip(range(total), plan()):
+            batch = [sequences[i] for i in indices]
+            per_sequence = {key: [values[i] for i in indices] for key, values in (fields or {}).items()}
+            metrics = group.train_step(micro_batches(batch, n_micro, cfg.batching, tokenizer.pad_token_id,
+                                                     per_sequence), loss)
             n = sum(len(ids) for ids, _ in batch)
             tokens += n
             run.train_tokens += n
@@ -65,9 +86,9 @@ def run(cfg: Config, run, model: str | None) -> str:
             if step % cfg.log_every == 0 or step == total - 1:
                 run.log(metrics, step)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                group.save_model(output)
+                group.save_model(output, lora_scale)
             bar.advance(info=f"loss {metrics['loss']:.3f} tok/s {metrics['tokens_per_s']:.0f}")
-    group.save_model(output)
+    group.save_model(output, lora_scale)
     group.shutdown()
     console.print(f"sft: {total} steps, {tokens} tokens, {tokens / (time.time() - started):.0f} tokens/s, "
                   f"final loss {metrics['loss']:.4f}")
