@@ -116,23 +116,24 @@ SMOKE_MODEL = {"name": "smoke_model", "type": "make_model", "hidden_size": 64, "
                "intermediate_size": 128, "max_position_embeddings": 512}
 SMOKE_CAPS = {"max_steps": 2, "prompts_per_step": 4, "batch_size": 8, "max_tokens": 48, "n": 4, "samples": 2,
               "every": 2, "workers": 1, "num_workers": 2, "reward_cpus": 1, "updates_per_step": 2,
-              "micro_batches": 2, "save_every": 2, "checkpoint_every": 1}
+              "micro_batches": 2, "save_every": 2, "checkpoint_every": 1, "rounds": 1}
 SMOKE_ZERO = ("gpus_per_worker",)
 
 
 def smoke_shrink(node, key=None):
     """A recipe's (or any part's) smoke form: numbers capped, GPUs dropped, data synthetic, real models gone."""
     if isinstance(node, dict):
-        if key == "data" or key == "eval_data":
+        if key in ("data", "eval_data", "ood_data"):
             if "from_stage" in node:  # an earlier stage's samples: they are already small
                 return node
             if "dataset" not in node:  # a mapping of named data sources (a comparison's eval)
                 return {name: smoke_shrink(spec, key) for name, spec in node.items()}
             split = node.get("split", "train")
-            tasks = ("addition", "mixed_addition")
-            return {"dataset": node["dataset"] if node["dataset"] in tasks else "addition",
+            synthetic = node["dataset"] in ("addition", "mixed_addition", "direction", "multiplication")
+            return {"dataset": node["dataset"] if synthetic else "addition",
                     "split": "test" if split != "train" else "train",
-                    "n": 64 if split == "train" else 8, "cot": node.get("cot", "verbose")}
+                    "n": 64 if split == "train" else 8, "cot": node.get("cot", "verbose"),
+                    **({"options": node["options"]} if synthetic and "options" in node else {})}
         out = {}
         for k, v in node.items():
             if k in SMOKE_ZERO:

@@ -98,6 +98,11 @@ class Task:
             ))
         return examples
 
+    def chunked(self, prompt: str, sizes: list[int]) -> str:
+        """The terse solution of `prompt` with its i-th step doing `sizes[i]` needed steps at once (learning to
+        skip steps: hand-made shorter solutions); sizes of 1 give the terse form."""
+        raise ValueError(f"task {self.name!r} cannot write solutions with merged steps")
+
     @staticmethod
     def extract_answer(response: str) -> str | None:
         """The answer after the last `ans`, or None when there is none."""
@@ -139,6 +144,21 @@ class Addition(Task):
             checks=(column_checks * 3)[: max(3, digits)],
         )
 
+    def chunked(self, prompt, sizes):
+        """Merged columns: `347+285=` in sizes [2, 1] -> `s1 47+85=132 w32 c1; s2 3+2+1=6 w6 c0; ans 632`."""
+        found = re.fullmatch(r"(\d+)\+(\d+)=", prompt)
+        if not found or sum(sizes) != max(map(len, found.groups())):
+            raise ValueError(f"{self.name}: cannot split {prompt!r} into steps of {sizes} columns")
+        a, b = map(int, found.groups())
+        steps, carry, column = [], 0, 0
+        for i, k in enumerate(sizes):
+            da, db = a // 10**column % 10**k, b // 10**column % 10**k
+            s = da + db + carry
+            expr = f"{da}+{db}" + (f"+{carry}" if carry else "") + f"={s}"
+            steps.append(f"s{i + 1} {expr} w{s % 10**k:0{k}d} c{s // 10**k};")
+            carry, column = s // 10**k, column + k
+        return " ".join([*steps, f"ans {a + b}"])
+
 
 class Multiplication(Task):
     """`47*86=` -> `p1 47*6=282; p2 47*80=3760; s1 282+3760=4042; ans 4042` (partial products, then running sums)."""
@@ -178,10 +198,11 @@ class Direction(Task):
     """`N:L,R,A,L=` -> `s1 L N>W; s2 R W>N; s3 A N>S; s4 L S>E; ans E` (facing after Left/Right/Around turns)."""
 
     name = "direction"
-    defaults = {"steps": None}  # number of actions; None draws 4-6
+    defaults = {"steps": None}  # number of actions, or [fewest, most] drawn uniformly; None draws 4-6
 
     def draw(self, rng, steps=None):
-        n = steps if steps is not None else rng.randint(4, 6)
+        fewest, most = (4, 6) if steps is None else (steps, steps) if isinstance(steps, int) else steps
+        n = rng.randint(fewest, most)
         start = rng.choice("NESW")
         actions = [rng.choice("LRA") for _ in range(n)]
         face, chain, step_checks = start, [], []
@@ -196,6 +217,21 @@ class Direction(Task):
             restates=[f"face {start} do {n} turns;", f"start {start};", f"{start} then {''.join(actions)};"],
             checks=step_checks + [f"chk net {net}R {start}>{face} ok;", f"so {start} ends {face};"],
         )
+
+    def chunked(self, prompt, sizes):
+        """Merged turns: `N:L,R,A=` in sizes [2, 1] -> `s1 LR N>N; s2 A N>S; ans S`."""
+        found = re.fullmatch(r"([NESW]):([LRA](?:,[LRA])*)=", prompt)
+        actions = found.group(2).split(",") if found else []
+        if not found or sum(sizes) != len(actions):
+            raise ValueError(f"{self.name}: cannot split {prompt!r} into steps of {sizes} turns")
+        face, steps, done = found.group(1), [], 0
+        for i, k in enumerate(sizes):
+            new = face
+            for act in actions[done : done + k]:
+                new = _TURNS[act][new]
+            steps.append(f"s{i + 1} {''.join(actions[done:done + k])} {face}>{new};")
+            face, done = new, done + k
+        return " ".join([*steps, f"ans {face}"])
 
 
 class MixedAddition(Addition):

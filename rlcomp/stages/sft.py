@@ -39,12 +39,13 @@ def run(cfg: Config, run, model: str | None) -> str:
 
 
 def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", fields: dict[str, list] | None = None,
-          phases: list[list[int]] | None = None, lora_scale: float = 1.0) -> str:
+          phases: list[list[int]] | None = None, lora_scale: float = 1.0, subdir: str | None = None) -> str:
     """SFT of `model` on the examples' gold responses, as `cfg` says; returns the saved model's directory.
     Stages that build their own training data call it (c3ot, cot_valve): `fields[key][i]` is a value example i's
     micro-batch row carries for `loss` (CoT-Valve++'s per-sample LoRA scale); `phases` are lists of example
     indices trained one epoch each, in order (CoT-Valve's progressive schedule), instead of `cfg.epochs`;
-    `lora_scale` is the scale a LoRA adapter is merged at in the saved model."""
+    `lora_scale` is the scale a LoRA adapter is merged at in the saved model; `subdir` names one of several
+    models a stage trains (skip_steps' rounds): saved under the stage directory's `subdir/model`."""
     from rlcomp.batching import micro_batches, step_batches, tokenize_examples
     from rlcomp.learner import LearnerGroup
     from rlcomp.models import load_tokenizer
@@ -71,9 +72,10 @@ def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", field
     group = LearnerGroup(model, cfg.learner, cfg.optim, total_steps=total, seed=run.seed)
     run.record_precision("learner", group.precision)
     n_micro = max(cfg.micro_batches or 0, group.world_size)
-    output = run.stage_dir() / "model"
+    output = run.stage_dir() / (subdir or "") / "model"
+    tag = f"{run.stage}/{subdir}" if subdir else run.stage
     tokens, started = 0, time.time()
-    with progress(f"sft {run.stage}", total) as bar:
+    with progress(f"sft {tag}", total) as bar:
         for step, indices in zip(range(total), plan()):
             batch = [sequences[i] for i in indices]
             per_sequence = {key: [values[i] for i in indices] for key, values in (fields or {}).items()}
@@ -84,7 +86,7 @@ def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", field
             run.train_tokens += n
             metrics["tokens_per_s"] = tokens / (time.time() - started)
             if step % cfg.log_every == 0 or step == total - 1:
-                run.log(metrics, step)
+                run.logger.log(tag, metrics, step)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 group.save_model(output, lora_scale)
             bar.advance(info=f"loss {metrics['loss']:.3f} tok/s {metrics['tokens_per_s']:.0f}")
