@@ -11,7 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -33,11 +33,27 @@ class Run:
     resume: bool = False  # continue an interrupted run in output_dir: skip finished stages, load checkpoints
     train_tokens: int = 0  # tokens the current stage has trained on (prompts and responses), for comparisons
     start_model: str | None = None  # what the recipe started from: its `model`, else the first stage's output
+    rollout: tuple | None = None  # (key, RolloutGroup) kept from one eval stage to the next (shared_rollout)
 
     def stage_dir(self) -> Path:
         path = self.output_dir / "stages" / self.stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def shared_rollout(self, key: tuple, make: Callable[[], Any]):
+        """Consecutive eval stages with the same model and engine settings share one rollout group: starting an
+        engine (vLLM on a GPU: tens of seconds) costs more than a small evaluation. Another key, or any other
+        stage, shuts it down."""
+        if self.rollout is not None and self.rollout[0] != key:
+            self.end_rollout()
+        if self.rollout is None:
+            self.rollout = (key, make())
+        return self.rollout[1]
+
+    def end_rollout(self) -> None:
+        if self.rollout is not None:
+            rollout, self.rollout = self.rollout[1], None
+            rollout.shutdown()
 
     def data(self, spec):
         """A stage's data spec as it loads: `from_stage` resolved to that stage's samples.jsonl in this run."""
@@ -163,14 +179,17 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
                 run.start_model = run.start_model or model
                 console.print(f"stage {stage.name}: finished in an earlier run, skipped")
                 continue
+            if stage.type != "eval":
+                run.end_rollout()
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
             stage_started, run.train_tokens = time.time(), 0
             try:
                 produced = STAGES[stage.type].run(stage, run, stage_input(stage.model, run, model))
             except Exception as exc:
+                run.end_rollout()
                 raise stage_error(stage.name, exc, out, resume_command(out)) from exc
             finally:
-                HELD.clear()  # a stage's actors end with it
+                HELD.clear()  # a stage's actors end with it (a shared rollout group is placed already)
             model = produced or model
             run.start_model = run.start_model or produced
             write_json(done_marker, {"model": produced, "seconds": round(time.time() - stage_started, 1),
@@ -178,6 +197,7 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             console.print(f"stage {stage.name} done in {time.time() - stage_started:.0f}s" +
                           (f"; model: {produced}" if produced else ""))
     finally:
+        run.end_rollout()
         run.logger.close()
     run.write_summary(final_model=model, seconds=round(time.time() - started, 1))
     if run.evals:

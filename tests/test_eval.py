@@ -46,3 +46,26 @@ def test_rlcomp_eval_reports_pass_at_k_and_levels(tiny_model, tmp_path):
     assert row["pass@1"] == pytest.approx(row["accuracy"]) and row["pass@4"] >= row["pass@1"]
     assert row["by_level"]["3"]["n"] == 6  # every 3-digit addition takes 3 column steps
     assert "pass@4" in result.stdout
+
+
+def test_consecutive_eval_stages_share_one_rollout_group_until_another_stage(ray_cluster, tiny_model, tmp_path):
+    from rlcomp.pipeline import Run
+    from rlcomp.report import MetricLogger
+    from rlcomp.stages import eval as eval_stage
+
+    run = Run(output_dir=tmp_path, seed=0, logger=MetricLogger(tmp_path / "tb"))
+    greedy = Config(name="greedy", data={"dataset": "addition", "split": "test", "n": 4}, max_tokens=8)
+    sampled = greedy.model_copy(update={"name": "sampled", "n": 2, "temperature": 1.0})
+    run.stage = "greedy"
+    eval_stage.run(greedy, run, tiny_model)
+    first = run.rollout[1]
+    run.stage = "sampled"
+    eval_stage.run(sampled, run, tiny_model)
+    assert run.rollout[1] is first  # the same workers: no second engine start
+    assert [e["samples"] for e in run.evals] == [4, 8]
+    other = greedy.model_copy(update={"name": "wider", "workers": 2})  # other settings: a new group
+    run.stage = "wider"
+    eval_stage.run(other, run, tiny_model)
+    assert run.rollout[1] is not first and len(run.rollout[1].workers) == 2
+    run.end_rollout()
+    assert run.rollout is None

@@ -116,19 +116,23 @@ def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
     prefix = condition_prefix(model, cfg.condition)
-    scaled = None
-    if cfg.lora_scale is not None:
+    make = lambda: RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)  # noqa: E731
+    if cfg.lora_scale is None:  # the next eval stage may reuse these workers (Run.shared_rollout)
+        settings = (model, cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.prompt and cfg.prompt.model_dump_json())
+        rollout = run.shared_rollout(settings, make)
+        run.record_precision(f"{rollout.engine} engine", rollout.precision)
+        result, samples = evaluate(cfg, rollout, prefix)
+    else:  # a merged copy for this stage only
         from rlcomp.learner import export_lora
 
-        model = scaled = str(export_lora(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}"))
-    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)
-    run.record_precision(f"{rollout.engine} engine", rollout.precision)
-    try:
-        result, samples = evaluate(cfg, rollout, prefix)
-    finally:
-        rollout.shutdown()
-        if scaled:
-            shutil.rmtree(scaled, ignore_errors=True)
+        model = str(export_lora(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}"))
+        rollout = make()
+        run.record_precision(f"{rollout.engine} engine", rollout.precision)
+        try:
+            result, samples = evaluate(cfg, rollout, prefix)
+        finally:
+            rollout.shutdown()
+            shutil.rmtree(model, ignore_errors=True)
     result["model"] = model
     if cfg.lora_scale is not None:
         result["lora_scale"] = cfg.lora_scale
