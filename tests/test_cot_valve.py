@@ -10,6 +10,7 @@ from rlcomp.config import RecipeError, load_recipe, validate_recipe
 from rlcomp.sample import Example
 from rlcomp.schema import LoraConfig
 from rlcomp.stages.cot_valve import length_betas, levels_longest_first
+from rlcomp.stages.sft import joined_short_phases
 
 
 def test_length_betas_on_hand_values():
@@ -22,6 +23,12 @@ def test_progressive_levels_go_longest_first():
     lengths = [20, 60, 40, 80, 30, 50]  # gold 25, scale 0.5: 70, scale 1.0: 45
     examples = [Example(prompt="q", answer="1", extra={"lora_scale": s}) for s in scales]
     assert levels_longest_first(examples, lengths) == [[1, 3], [2, 5], [0, 4]]
+
+
+def test_a_level_smaller_than_a_batch_trains_with_its_neighbour():
+    assert joined_short_phases([[0, 1, 2], [3], [4, 5, 6]], 3) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert joined_short_phases([[0, 1, 2], [3]], 3) == [[0, 1, 2, 3]]
+    assert joined_short_phases([[0], [1]], 3) == []  # too few in all: the stage says so
 
 
 def test_per_sample_lora_scale_equals_the_model_merged_at_that_scale(tiny_model, tmp_path):

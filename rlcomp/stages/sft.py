@@ -38,6 +38,22 @@ def run(cfg: Config, run, model: str | None) -> str:
     return train(cfg, run, model, load_examples(run.data(cfg.data), cfg.prompt))
 
 
+def joined_short_phases(phases: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Phases of fewer examples than a batch joined to the next one (the last to the one before): a MixChain level
+    where few answers were right still trains, with its neighbour."""
+    out, carry = [], []
+    for phase in phases:
+        carry = carry + list(phase)
+        if len(carry) >= batch_size:
+            out.append(carry)
+            carry = []
+    if carry and out:
+        out[-1] = out[-1] + carry
+    if carry or len(out) < len(phases):
+        console.print(f"sft: {len(phases)} phases joined into {len(out)} (each needs batch_size {batch_size} examples)")
+    return out
+
+
 def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", fields: dict[str, list] | None = None,
           phases: list[list[int]] | None = None, lora_scale: float = 1.0, subdir: str | None = None) -> str:
     """SFT of `model` on the examples' gold responses, as `cfg` says; returns the saved model's directory.
@@ -63,9 +79,10 @@ def train(cfg: Config, run, model: str, examples: list, loss: str = "sft", field
             while True:  # epoch after epoch, each shuffled anew
                 yield from reversed(step_batches(range(len(sequences)), cfg.batch_size, cfg.batching, rng, length))
     else:
+        phases = joined_short_phases(phases, cfg.batch_size)
+        if not phases:
+            raise ValueError(f"stage {run.stage}: fewer examples than batch_size {cfg.batch_size}")
         planned = [step_batches(phase, cfg.batch_size, cfg.batching, rng, length) for phase in phases]
-        if short := [len(phase) for phase, steps in zip(phases, planned) if not steps]:
-            raise ValueError(f"stage {run.stage}: a phase of {short[0]} examples is fewer than batch_size {cfg.batch_size}")
         planned = [step for steps in planned for step in steps]
         total = min(cfg.max_steps or len(planned), len(planned))
         plan = lambda: iter(planned)  # noqa: E731
