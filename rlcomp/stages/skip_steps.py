@@ -126,9 +126,8 @@ def run(cfg: Config, run, model: str | None) -> str:
             if cfg.standard:
                 plain = [replace(e, prompt=e.extra["plain_prompt"]) for e in data]
                 standard = sft.train(cfg, run, model, shuffled(plain, run.seed + i), subdir=f"round{i}_standard")
-                row["in_domain"] = evaluate(cfg, run, standard, in_domain)
-                if cfg.ood_data:
-                    row["out_of_domain"] = evaluate(cfg, run, standard, cfg.ood_data)
+                names = ["in_domain", "out_of_domain"] if cfg.ood_data else ["in_domain"]
+                row |= dict(zip(names, evaluate(cfg, run, standard, [in_domain, cfg.ood_data][: len(names)])))
             rows.append(row)
             write_jsonl(rows_path, rows)
             console.print(f"skip_steps round {i}: {json.dumps(row)}")
@@ -164,18 +163,21 @@ def generate(cfg: Config, run, model: str, train: list) -> tuple[list, dict]:
                   "kept_mean_steps": sum(steps) / len(steps) if steps else None}
 
 
-def evaluate(cfg: Config, run, model: str, data: DataSpec) -> dict:
-    """Greedy accuracy, mean steps and tokens of a standard model (asked the plain question)."""
+def evaluate(cfg: Config, run, model: str, datasets: list[DataSpec]) -> list[dict]:
+    """Greedy accuracy, mean steps and tokens of a standard model (asked the plain question), per data source."""
     from rlcomp.rollout import RolloutGroup
     from rlcomp.stages import eval as eval_stage
 
-    spec = eval_stage.Config(name=run.stage, data=data, max_tokens=cfg.max_tokens, workers=cfg.workers,
-                             gpus_per_worker=cfg.gpus_per_worker, engine=cfg.engine, prompt=cfg.prompt)
     rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)
+    out = []
     try:
-        result, samples = eval_stage.evaluate(spec, rollout)
+        for data in datasets:
+            spec = eval_stage.Config(name=run.stage, data=data, max_tokens=cfg.max_tokens, workers=cfg.workers,
+                                     gpus_per_worker=cfg.gpus_per_worker, engine=cfg.engine, prompt=cfg.prompt)
+            result, samples = eval_stage.evaluate(spec, rollout)
+            steps = [count_steps(s.response, cfg.step_separator) for s in samples]
+            out.append({"accuracy": result["accuracy"], "mean_steps": sum(steps) / len(steps),
+                        "mean_response_tokens": result["mean_response_tokens"], "n": result["n"]})
     finally:
         rollout.shutdown()
-    steps = [count_steps(s.response, cfg.step_separator) for s in samples]
-    return {"accuracy": result["accuracy"], "mean_steps": sum(steps) / len(steps),
-            "mean_response_tokens": result["mean_response_tokens"], "n": result["n"]}
+    return out
