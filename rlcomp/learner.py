@@ -14,6 +14,8 @@ import math
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -106,6 +108,20 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
     plain = model.merge_and_unload(safe_merge=True)
     plain.tie_weights()
     return plain
+
+
+@contextmanager
+def lora_merged(model_dir: str, scale: float | None, out: str | Path) -> Iterator[str]:
+    """`model_dir` merged at LoRA `scale` into a copy at `out` for the duration (removed after); the model itself
+    when `scale` is None."""
+    if scale is None:
+        yield model_dir
+        return
+    merged = export_lora(model_dir, scale, out)
+    try:
+        yield str(merged)
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
 
 
 def export_lora(model_dir: str | Path, scale: float, out: str | Path) -> Path:

@@ -3,7 +3,6 @@ report accuracy (pass@1 averaged over the `n` samples per problem), pass@k, mean
 overall and per level when the problems carry one (`extra[level_key]`)."""
 from __future__ import annotations
 
-import shutil
 from math import comb
 from typing import Literal
 
@@ -123,16 +122,15 @@ def run(cfg: Config, run, model: str | None) -> None:
         run.record_precision(f"{rollout.engine} engine", rollout.precision)
         result, samples = evaluate(cfg, rollout, prefix)
     else:  # a merged copy for this stage only
-        from rlcomp.learner import export_lora
+        from rlcomp.learner import lora_merged
 
-        model = str(export_lora(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}"))
-        rollout = make()
-        run.record_precision(f"{rollout.engine} engine", rollout.precision)
-        try:
-            result, samples = evaluate(cfg, rollout, prefix)
-        finally:
-            rollout.shutdown()
-            shutil.rmtree(model, ignore_errors=True)
+        with lora_merged(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}") as model:
+            rollout = make()
+            run.record_precision(f"{rollout.engine} engine", rollout.precision)
+            try:
+                result, samples = evaluate(cfg, rollout, prefix)
+            finally:
+                rollout.shutdown()
     result["model"] = model
     if cfg.lora_scale is not None:
         result["lora_scale"] = cfg.lora_scale

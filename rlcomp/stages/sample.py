@@ -92,7 +92,6 @@ def summarize(every: list[dict]) -> dict:
 
 def run(cfg: Config, run, model: str | None) -> None:
     import json
-    import shutil
 
     from rlcomp.rewards import start_reward_service
 
@@ -116,16 +115,11 @@ def run(cfg: Config, run, model: str | None) -> None:
         if not todo:
             continue
         rewards = rewards or start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
-        source = model
-        if scale is not None:  # MixChain: theta + scale * delta, merged into a copy for the engines
-            from rlcomp.learner import export_lora
+        from rlcomp.learner import lora_merged
 
-            source = str(export_lora(model, scale, run.stage_dir() / "model_at_scale"))
-        try:
+        # MixChain: theta + scale * delta, merged into a copy for the engines
+        with lora_merged(model, scale, run.stage_dir() / "model_at_scale") as source:
             sample_chunks(cfg, run, source, examples, todo, rewards, gold=cfg.include_gold and k == 0, scale=scale)
-        finally:
-            if scale is not None:
-                shutil.rmtree(source, ignore_errors=True)
     every = [json.loads(line) for name in files for line in name.read_text().splitlines()]
     write_jsonl(run.stage_dir() / "samples.jsonl", every)
     summary = summarize(every)
