@@ -5,12 +5,15 @@ same stage types as recipes) and one `eval` spec. The start is made first. Then 
 a Ray task of its own, several at once while the cluster has room for their actors (each method's peak
 resources, from its stages), else one after another; the start model itself is a row. Every model is
 evaluated with the same spec: greedy accuracy and tokens, and optionally sampled pass@1 / pass@k, overall and
-per level. A method that fails becomes a row saying why; `--resume` skips finished methods. Results go to
+per level. A method whose first stages are another's (the same settings, e.g. CoT-Valve's delta under
+CoT-Valve++) runs after it and takes those finished stages instead of repeating them (its train time still
+counts them; its wall time does not). A method that fails becomes a row saying why; `--resume` skips finished methods. Results go to
 compare.json, and from it (rlcomp/compare_report.py) compare.md, plots and report.html.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -190,6 +193,40 @@ def peak_resources(recipe) -> dict[str, float]:
     return peak
 
 
+def shared_prefixes(comparison: Comparison) -> dict[str, tuple[str, list[str]]]:
+    """Row -> (an earlier row, the leading training stages the two have alike): the longest such run."""
+    def trained(row):
+        return [s.model_dump(mode="json") for s in comparison.rows[row].stages if s.type != "eval"]
+
+    shares, earlier = {}, []
+    for name in comparison.rows:
+        best: tuple[str, list[str]] | None = None
+        for other in earlier:
+            alike = []
+            for mine, theirs in zip(trained(name), trained(other)):
+                if mine != theirs:
+                    break
+                alike.append(mine["name"])
+            if alike and (best is None or len(alike) > len(best[1])):
+                best = (other, alike)
+        if best:
+            shares[name] = best
+        earlier.append(name)
+    return shares
+
+
+def link_shared(stages: list[str], source: Path, out: Path) -> list[str]:
+    """Link the finished ones of `stages` from another row's run into this row's (what resume then skips)."""
+    linked = []
+    for stage in stages:
+        src, dst = source / "stages" / stage, out / "stages" / stage
+        if (src / "done.json").is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(os.path.relpath(src, dst.parent), target_is_directory=True)
+            linked.append(stage)
+    return linked
+
+
 def run_row(recipe_json: dict, out: str, resume: bool, functions: dict, resume_command: str) -> dict:
     """One row, in a Ray task of its own: its stages from the start model, then the comparison's evals."""
     from rlcomp.pipeline import run_recipe
@@ -218,7 +255,8 @@ def row_result(name: str, recipe, finished: dict, config: CompareConfig, out: Pa
         results[data] = {"greedy": {**greedy, "lengths": lengths}}
         if config.eval.samples:
             results[data]["sampled"] = evals[f"sample_{data}"]
-    return {"method": name, "status": "ok", "model": finished["model"],
+    shared = {p.name: p.resolve().parent.parent.name for p in sorted((out / "stages").iterdir()) if p.is_symlink()}
+    return {"method": name, "status": "ok", "model": finished["model"], "shared_stages": shared,
             "stages": [s.type for s in recipe.stages if s.name not in eval_names],
             "wall_seconds": round(finished["finished_at"] - finished["started_at"], 1),
             "started_at": finished["started_at"], "finished_at": finished["finished_at"],
@@ -245,11 +283,15 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
     total = ray.cluster_resources()
     task = ray.remote(num_cpus=0, max_retries=0)(run_row)
     needs = {name: peak_resources(comparison.rows[name]) for name in pending}
+    shares = shared_prefixes(comparison)
     running: dict = {}  # object ref -> (row, its peak resources)
     done: dict[str, dict] = {}
     queue = list(pending)
     while queue or running:
         for name in list(queue):
+            provider = shares.get(name, (None,))[0]
+            if provider in queue or provider in {row for row, _ in running.values()}:
+                continue  # it takes the stages it shares once that row has made them
             need, held = needs[name], add_resources(need for _, need in running.values())
             fits = all(held.get(k, 0) + v <= total.get(k, 0) + 1e-9 for k, v in need.items() if v)
             if len(running) >= (comparison.config.max_concurrent or len(queue) + len(running)):
@@ -257,10 +299,17 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
             if fits or not running:  # alone it may still not fit: its stage then says so, in its row
                 recipe = comparison.rows[name].model_dump(mode="json")
                 recipe["model"] = start_model
-                ref = task.remote(recipe, str(out / "methods" / name), resume, dict(REGISTRY), resume_command)
+                linked = link_shared(shares[name][1], out / "methods" / provider,
+                                     out / "methods" / name) if provider else []
+                if linked:
+                    console.print(f"compare: {name} takes {', '.join(linked)} from {provider}")
+                ref = task.remote(recipe, str(out / "methods" / name), resume or bool(linked), dict(REGISTRY),
+                                  resume_command)
                 running[ref] = (name, need)
                 queue.remove(name)
                 console.print(f"compare: {name} started ({len(running)} running)")
+        if not running:
+            continue
         ready, _ = ray.wait(list(running), num_returns=1)
         name, _ = running.pop(ready[0])
         try:

@@ -62,12 +62,22 @@ def intro(result: dict) -> str:
             f"{machine['processor']}, torch {machine['torch']}. Took {result['seconds']:.0f} s.")
 
 
+def shared_note(result: dict) -> str:
+    """Which rows took stages another row made (their train time counts those stages, their wall time not)."""
+    taken = [f"{row['method']}: {', '.join(f'{stage} (from {src})' for stage, src in row['shared_stages'].items())}"
+             for row in ok_rows(result) if row.get("shared_stages")]
+    return ("Stages made once and shared (in the train time of each row that uses them, not in its wall time): "
+            + "; ".join(taken) + ".") if taken else ""
+
+
 def markdown(result: dict) -> str:
     lines = ["# Comparison", "", intro(result), ""]
     for data in result["datasets"]:
         header, cells = table(result, data)
         lines += [f"## {data}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
+    if shared := shared_note(result):
+        lines += [shared, ""]
     if len(result["datasets"]) > 1:
         lines += ["## Mean AES over the data sources", "", "| method | mean AES |", "|---|---|"]
         lines += [f"| {r['method']} | {r['mean_aes']:+.3f} |" for r in ok_rows(result) if r.get("mean_aes") is not None]
@@ -154,6 +164,8 @@ def page(result: dict, images: list[Path]) -> str:
         parts.append(f"<h2>{esc(data)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>" for line in cells]
         parts.append("</table>")
+    if shared := shared_note(result):
+        parts.append(f"<p>{esc(shared)}</p>")
     for image in images:
         encoded = base64.b64encode(image.read_bytes()).decode()
         parts.append(f"<h3>{esc(image.stem)}</h3><img alt='{esc(image.stem)}' src='data:image/png;base64,{encoded}'>")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from rlcomp.compare import add_scores, load_comparison, run_compare, validate_comparison
+from rlcomp.compare import add_scores, load_comparison, run_compare, shared_prefixes, validate_comparison
 from rlcomp.compare_report import frontier, markdown
 from rlcomp.config import RecipeError
 
@@ -47,6 +47,18 @@ def test_comparison_errors_name_the_method_and_key():
                              "methods": {"a": [{"type": "sft", "data": {"dataset": "addition"}}]}})
 
 
+def test_rows_share_only_leading_training_stages_with_the_same_settings():
+    sft = {"name": "sft", "type": "sft", "data": {"dataset": "addition"}, "max_steps": 3}
+    comparison = validate_comparison({
+        "start": {"model": None, "stages": [{"type": "make_model"}]},
+        "eval": {"data": {"dataset": "mixed_addition", "split": "test", "n": 4}},
+        "methods": {"a": [sft], "b": [sft, {"name": "merge", "type": "merge", "models": ["start", "input"]}],
+                    "c": [{**sft, "max_steps": 4}], "d": [sft, {**sft, "name": "sft2"}],
+                    "e": [sft, {**sft, "name": "sft2"}, {**sft, "name": "sft3"}]}})
+    # the longest run of equal stages wins; the comparison's own eval stages are never shared
+    assert shared_prefixes(comparison) == {"b": ("a", ["sft"]), "d": ("a", ["sft"]), "e": ("d", ["sft", "sft2"])}
+
+
 SMALL = """
 seed: 0
 start:
@@ -69,6 +81,9 @@ methods:
       rollout: {n: 2, max_tokens: 24}
       prompts_per_step: 2
       max_steps: 2
+  terse_merge:   # terse's SFT (taken from that row, not rerun), then merged with the start
+    - {name: sft, type: sft, data: {dataset: mixed_addition, n: 64, cot: terse}, batch_size: 8, max_steps: 3}
+    - {name: merge, type: merge, models: [start, input], weights: [0.5, 0.5]}
   broken:   # fails when its stage runs: 4 examples are fewer than one batch of 8
     - {name: sft, type: sft, data: {dataset: mixed_addition, n: 4}, batch_size: 8, max_steps: 1}
 """
@@ -86,13 +101,19 @@ def test_comparison_side_by_side_with_a_failure_and_resume(ray_cluster, tmp_path
     out = tmp_path / "out"
     result = run_compare(load_comparison(path), out)
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["start", "terse", "grpo", "broken"]
+    assert list(rows) == ["start", "terse", "grpo", "terse_merge", "broken"]
     assert rows["broken"]["status"] == "failed" and "fewer than batch_size" in rows["broken"]["error"]
     assert all(rows[m]["status"] == "ok" for m in ("start", "terse", "grpo"))
     # 8 logical CPUs hold the start row's eval, the SFT learner and the RL stage at once: they overlapped.
     terse, grpo = rows["terse"], rows["grpo"]
     assert terse["started_at"] < grpo["finished_at"] and grpo["started_at"] < terse["finished_at"]
     assert terse["train_tokens"] > 0 and grpo["train_tokens"] > 0 and rows["start"]["train_tokens"] == 0
+    # terse_merge waited for terse and took its SFT stage; its train time and tokens still count that stage
+    merged = rows["terse_merge"]
+    assert merged["started_at"] >= terse["finished_at"] and merged["shared_stages"] == {"sft": "terse"}
+    assert (out / "methods/terse_merge/stages/sft").resolve() == (out / "methods/terse/stages/sft").resolve()
+    assert merged["train_tokens"] == terse["train_tokens"] and merged["train_seconds"] >= terse["train_seconds"]
+    assert "terse_merge: sft (from terse)" in (out / "compare.md").read_text()
 
     saved = json.loads((out / "compare.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
@@ -121,5 +142,5 @@ def test_comparison_side_by_side_with_a_failure_and_resume(ray_cluster, tmp_path
     markers = {p: p.stat().st_mtime_ns for p in out.glob("**/done.json")}
     again = run_compare(load_comparison(path), out, resume=True)
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/done.json")} == markers  # nothing finished reran
-    assert [r["status"] for r in again["rows"]] == ["ok", "ok", "ok", "failed"]
+    assert [r["status"] for r in again["rows"]] == ["ok", "ok", "ok", "ok", "failed"]
     assert again["rows"][1]["wall_seconds"] == terse["wall_seconds"]
