@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard  # FSDP2
 
 from rlcomp.cluster import PlacementError, fmt_resources, kill, name_actor, release, reserve
+from rlcomp.latent import SPEC_FILE
 from rlcomp.schema import LearnerConfig, LoraConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
@@ -242,6 +243,11 @@ class LearnerWorker:
         values, n = summed[: len(names)].tolist(), summed[len(names):].tolist()
         return {k: v / n[i] if loss_fn.reduce.get(k) == "mean" else v for i, (k, v) in enumerate(zip(names, values))}
 
+    def reset_optimizer(self) -> None:
+        """Adam's moments and step counts cleared: a fresh optimizer at the schedule's current rate (ICoT-SI
+        when it removes another token, Coconut per stage)."""
+        self.optimizer.state.clear()
+
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
@@ -330,9 +336,9 @@ class LearnerWorker:
         base = str(Path(tokenizer_source).resolve()) if Path(tokenizer_source).is_dir() else tokenizer_source
         plain_model(state, self.config, self.cfg.lora, lora_scale, tmp / "adapter", base).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
-        generation_config = Path(tokenizer_source) / "generation_config.json"
-        if generation_config.is_file():
-            shutil.copy(generation_config, tmp / "generation_config.json")
+        for name in ("generation_config.json", SPEC_FILE):  # a latent model's thoughts travel with it
+            if (Path(tokenizer_source) / name).is_file():
+                shutil.copy(Path(tokenizer_source) / name, tmp / name)
         atomic_replace_dir(tmp, final)
 
     def shutdown(self) -> None:
@@ -414,6 +420,9 @@ class LearnerGroup:
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return ray.get([w.logits.remote(batch) for w in self.workers])[0]
+
+    def reset_optimizer(self) -> None:
+        ray.get([w.reset_optimizer.remote() for w in self.workers])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return ray.get([w.full_state_dict.remote() for w in self.workers])[0]

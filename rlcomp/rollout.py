@@ -18,6 +18,7 @@ from typing import Iterable
 
 import torch
 
+from rlcomp.latent import fill_latents, read_spec
 from rlcomp.prompts import PromptRenderer, PromptSpec, thinking_tokens
 from rlcomp.sample import Example, Sample
 
@@ -83,6 +84,7 @@ class HFEngine:
         self.precision = engine_precision(device)
         dtype = torch.bfloat16 if self.precision["used"] == "bf16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.latent = read_spec(model_path)  # a Coconut model: it thinks continuous thoughts before answering
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
@@ -93,6 +95,8 @@ class HFEngine:
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         groups: list[list[Sample]] = [[] for _ in examples]
         ids = [prompt_ids(self.tokenizer, e) for e in examples]
+        latent = self.latent or {"thoughts": 0}
+        thought = [latent["start"], *[latent["latent"]] * latent["thoughts"], latent["end"]] if self.latent else []
         # Each prompt repeated n times; rows sorted by prompt length so batches pad little.
         rows = sorted((i for i in range(len(examples)) for _ in range(params.n)), key=lambda i: len(ids[i]))
         pad = self.tokenizer.pad_token_id
@@ -102,19 +106,24 @@ class HFEngine:
             torch.manual_seed(params.seed)
         for start in range(0, len(rows), params.batch_size):
             chunk = rows[start : start + params.batch_size]
-            width = max(len(ids[i]) for i in chunk)
+            width = max(len(ids[i]) for i in chunk) + len(thought)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attention = torch.zeros_like(input_ids)
             for row, i in enumerate(chunk):  # left padding: generation continues at the right edge of every row
-                input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-                attention[row, width - len(ids[i]):] = 1
+                input_ids[row, width - len(ids[i]) - len(thought):] = torch.tensor(ids[i] + thought)
+                attention[row, width - len(ids[i]) - len(thought):] = 1
+            input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+            # A latent model's prompt ends in its thoughts, filled in as embeddings; generate then returns only
+            # the new tokens (it does so when given embeddings alone).
+            prompt = ({"inputs_embeds": fill_latents(self.model, input_ids, attention, latent["latent"],
+                                                     latent["thoughts"])} if self.latent else {"input_ids": input_ids})
             out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                **prompt, attention_mask=attention,
                 max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=stop,
                 return_dict_in_generate=True, output_logits=params.logprobs,
                 **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
             )
-            new_tokens = out.sequences[:, width:]
+            new_tokens = out.sequences if self.latent else out.sequences[:, width:]
             logprobs = None
             if params.logprobs:  # raw logits of each step -> log-prob of the token actually drawn
                 logits = torch.stack(out.logits, dim=1).float() / (params.temperature if sampling else 1.0)
@@ -128,6 +137,7 @@ class HFEngine:
                     self.tokenizer, examples[i], i, ids[i], response_ids,
                     self.tokenizer.decode(response_ids, skip_special_tokens=True),
                     logprobs[row, :length].tolist() if logprobs is not None else None, end is not None))
+                groups[i][-1].latent_positions = latent["thoughts"]
         return groups
 
 
@@ -253,6 +263,11 @@ class RolloutGroup:
         from rlcomp.models import load_tokenizer
 
         device = "cuda" if gpus_per_worker else "cpu"
+        if read_spec(model_path) is not None and engine != "hf":  # continuous thoughts: the hf engine fills them
+            if engine == "vllm":
+                raise ValueError(f"{model_path} thinks in continuous thoughts (a Coconut model): generate with "
+                                 "engine: hf (or auto)")
+            engine = "hf"
         engine = resolve_engine(engine)
         # Prompts are rendered here, once, so that every engine and worker gets the same token ids.
         self.renderer = PromptRenderer(load_tokenizer(model_path), prompt)

@@ -37,6 +37,7 @@ class Sample:
     logprobs: list[float] | None = None  # per response token, from the rollout engine
     finished: bool = True  # ended with EOS (or the template's end-of-turn token) rather than by the length limit
     thinking_tokens: int | None = None  # response tokens up to and including </think>; None: no thinking block
+    latent_positions: int = 0  # continuous thoughts before the response (a Coconut model): reasoning positions too
     group: int = 0
     data_source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -45,5 +46,6 @@ class Sample:
 
     @property
     def length(self) -> int:
-        """Response length in tokens (characters when no token ids are known)."""
-        return len(self.response_ids) if self.response_ids else len(self.response)
+        """Reasoning positions: response tokens (characters when no token ids are known) and any continuous
+        thoughts before them, so that explicit and latent methods are measured alike."""
+        return (len(self.response_ids) if self.response_ids else len(self.response)) + self.latent_positions
