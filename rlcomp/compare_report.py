@@ -57,7 +57,8 @@ def intro(result: dict) -> str:
     sampled = (f"; sampled: {spec['samples']} per problem at temperature {spec['temperature']}, top_p "
                f"{spec['top_p']}" if spec["samples"] else "")
     return (f"Start model: `{result['start_model']}`. Every row evaluated alike: greedy, at most "
-            f"{spec['max_tokens']} tokens{sampled}. AES: O1-Pruner's accuracy-efficiency score against the start "
+            f"{spec['max_tokens']} tokens{sampled}. Lengths count reasoning positions: response tokens, plus the "
+            "continuous thoughts of a latent model. AES: O1-Pruner's accuracy-efficiency score against the start "
             "row (dL + 3 dAcc, or dL - 5 |dAcc| when accuracy drops). Processor: "
             f"{machine['processor']}, torch {machine['torch']}. Took {result['seconds']:.0f} s.")
 
@@ -95,6 +96,25 @@ def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
+def _span(points: list[tuple[float, float]], axis: int) -> float:
+    values = [p[axis] for p in points]
+    return (max(values) - min(values)) or 1.0
+
+
+def spread_labels(points: list[tuple[float, float]], gap: float = 0.045) -> list[float]:
+    """Label heights for points drawn with their labels to the right: points close in x (within 4% of the x
+    range) get labels at least `gap` of the y range apart, so that methods at one length stay readable."""
+    ys = [y for _, y in points]
+    x_near, y_gap = 0.04 * _span(points, 0), gap * _span(points, 1)
+    order = sorted(range(len(points)), key=lambda i: -points[i][1])  # top down
+    out = list(ys)
+    for n, i in enumerate(order):
+        for j in order[:n]:  # below every higher label nearby in x that it would overlap
+            if abs(points[i][0] - points[j][0]) <= x_near and abs(out[j] - out[i]) < y_gap:
+                out[i] = out[j] - y_gap
+    return out
+
+
 def plots(result: dict, out: Path) -> list[Path]:
     import matplotlib
 
@@ -111,32 +131,37 @@ def plots(result: dict, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5.5), squeeze=False)
     for ax, data in zip(axes[0], datasets):
         points = [(r["results"][data]["greedy"]["mean_response_tokens"], r["results"][data]["greedy"]["accuracy"])
                   for r in rows]
-        for row, (tokens, accuracy) in zip(rows, points):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per row for up to 20 rows
+        label_ys = spread_labels(points)
+        for row, (tokens, accuracy), label_y in zip(rows, points, label_ys):
             ax.scatter(tokens, accuracy, s=40)
-            ax.annotate(row["method"], (tokens, accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(row["method"], (tokens, accuracy), xytext=(tokens + 0.02 * _span(points, 0), label_y),
+                        fontsize=8, va="center", arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5})
         if front := frontier(points):
             ax.step(*zip(*front), where="post", color="grey", linestyle="--", linewidth=1, label="frontier")
             ax.legend(loc="lower right", fontsize=8)
-        ax.set(title=f"{data}: accuracy vs length (greedy)", xlabel="mean response tokens", ylabel="accuracy")
+        ax.set(title=f"{data}: accuracy vs length (greedy)", ylabel="accuracy",
+               xlabel="mean reasoning positions (response tokens + latent thoughts)")
         ax.grid(alpha=0.3)
     save(fig, "pareto.png")
 
     leveled = [d for d in datasets if _levels(result, d)]
     if leveled:
-        fig, axes = plt.subplots(1, len(leveled), figsize=(6 * len(leveled), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(leveled), figsize=(8.5 * len(leveled), 4.5), squeeze=False)
         for ax, data in zip(axes[0], leveled):
             levels = _levels(result, data)
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
             for row in rows:
                 by_level = row["results"][data]["greedy"].get("by_level", {})
                 ax.plot(levels, [by_level[lv]["mean_response_tokens"] if lv in by_level else float("nan")
                                  for lv in levels], marker="o", label=row["method"])
-            ax.set(title=f"{data}: length by level (greedy)", xlabel="level", ylabel="mean response tokens")
+            ax.set(title=f"{data}: length by level (greedy)", xlabel="level", ylabel="mean reasoning positions")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not on them
         save(fig, "length_by_level.png")
 
     for row in rows:
@@ -146,7 +171,7 @@ def plots(result: dict, out: Path) -> list[Path]:
             ax.hist(greedy["lengths"], bins=30, color="tab:blue", alpha=0.8)
             ax.axvline(greedy["mean_response_tokens"], color="black", linestyle="--", linewidth=1)
             ax.set(title=f"{row['method']} on {data}: mean {greedy['mean_response_tokens']:.1f} tokens",
-                   xlabel="response tokens (greedy)", ylabel="problems")
+                   xlabel="reasoning positions (greedy)", ylabel="problems")
         save(fig, f"lengths_{row['method']}.png")
     return written
 

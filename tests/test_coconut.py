@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlcomp.config import validate_recipe
+from rlcomp.config import load_recipe, validate_recipe
 from rlcomp.latent import add_latent_tokens, fill_latents, positions, read_spec
 from rlcomp.models import load_tokenizer
 from rlcomp.stages.coconut import Config, curriculum, sequence, split_steps
@@ -62,15 +62,14 @@ def test_thoughts_are_the_last_hidden_state_of_the_position_before(tiny_model, t
 
 
 @pytest.mark.e2e
-def test_coconut_stage_model_thinks_and_loads_back(ray_cluster, tiny_model, tmp_path):
+def test_coconut_recipe_smoke_run_model_thinks_and_loads_back(ray_cluster, tmp_path):
     from rlcomp.pipeline import run_recipe
 
-    data = {"dataset": "mixed_addition", "n": 64, "cot": "terse", "options": {"levels": [2]}}
-    test = {"dataset": "mixed_addition", "split": "test", "n": 8, "options": {"levels": [2]}}
-    recipe = validate_recipe({"seed": 0, "model": tiny_model, "stages": [
-        {"name": "coconut", "type": "coconut", "data": data, "max_latent_stage": 2, "thoughts_per_step": 1,
-         "epochs_per_stage": 1, "batch_size": 8, "optim": {"lr": 1e-3}},
-        {"name": "eval", "type": "eval", "data": test, "max_tokens": 16}]})
+    recipe = load_recipe("recipes/coconut.yaml", [  # its smoke form, long enough for the whole curriculum
+        "stages.coconut.data.cot=terse", "stages.coconut.max_latent_stage=2", "stages.coconut.thoughts_per_step=1",
+        "stages.coconut.epochs_per_stage=1", "stages.coconut.epochs=4", "stages.coconut.max_steps=100",
+        "stages.coconut.optim.lr=1e-3", "stages.eval_coconut.max_tokens=16"], smoke=True)
+    test = recipe.stages[-1].data.model_dump(exclude_defaults=True)
     summary = run_recipe(recipe, tmp_path / "run")
     curriculum = json.loads((tmp_path / "run/stages/coconut/curriculum.json").read_text())
     assert [e["stage"] for e in curriculum["epochs"]] == [0, 1, 2, 3] and curriculum["steps"] == 4 * 8
@@ -79,7 +78,7 @@ def test_coconut_stage_model_thinks_and_loads_back(ray_cluster, tiny_model, tmp_
     tokenizer = load_tokenizer(model_dir)
     assert tokenizer.convert_tokens_to_ids("<|latent|>") == read_spec(model_dir)["latent"]
     first = summary["evals"][0]
-    samples = [json.loads(line) for line in (tmp_path / "run/stages/eval/samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "run/stages/eval_coconut/samples.jsonl").read_text().splitlines()]
     assert all(2 <= s["tokens"] <= 2 + 16 for s in samples)  # the two thoughts count; then at most max_tokens
     # the saved model, loaded afresh by new rollout workers, evaluates to the same answers
     again = run_recipe(validate_recipe({"seed": 0, "model": str(model_dir), "stages": [

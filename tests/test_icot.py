@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlcomp.config import LearnerConfig, OptimConfig, validate_recipe
+from rlcomp.config import LearnerConfig, OptimConfig
 from rlcomp.data import get_task
 from rlcomp.models import load_tokenizer
 from rlcomp.stages.icot import chain_lengths, cut, offset_distribution, scheduled, steps_per_token
@@ -81,21 +81,21 @@ def test_a_reset_optimizer_steps_like_a_new_one(ray_cluster, tiny_model, tmp_pat
 
 
 @pytest.mark.e2e
-def test_icot_stage_removes_the_whole_chain(ray_cluster, tiny_model, tmp_path):
+def test_icot_recipe_smoke_run_removes_the_whole_chain(ray_cluster, tmp_path):
+    """recipes/icot.yaml in smoke form (tiny model, synthetic data), let run until no chain is left."""
+    from rlcomp.config import load_recipe
     from rlcomp.pipeline import run_recipe
 
-    recipe = validate_recipe({"seed": 0, "model": tiny_model, "stages": [
-        {"name": "icot", "type": "icot", "data": {"dataset": "addition", "n": 64, "cot": "terse"},
-         "val_data": {"dataset": "addition", "split": "test", "n": 8, "cot": "terse"},
-         "batch_size": 8, "tokens_per_epoch": 8, "steps_after_removal": 3, "optim": {"lr": 1e-3}},
-        {"name": "eval", "type": "eval", "data": {"dataset": "addition", "split": "test", "n": 8}, "max_tokens": 16}]})
+    recipe = load_recipe("recipes/icot.yaml", ["stages.internalize.max_steps=200", "stages.internalize.data.cot=terse",
+                                               "stages.internalize.val_data.cot=terse",
+                                               "stages.internalize.steps_after_removal=3"], smoke=True)
     summary = run_recipe(recipe, tmp_path / "run")
-    schedule = json.loads((tmp_path / "run/stages/icot/schedule.json").read_text())
+    schedule = json.loads((tmp_path / "run/stages/internalize/schedule.json").read_text())
     longest = schedule["longest_chain"]
     # 64 examples / 8 = 8 steps per epoch, 8 tokens per epoch: one token per step, then 3 more steps
     assert schedule["steps_per_token"] == 1 and schedule["steps"] == longest + 3
     removed = [v["removed"] for v in schedule["validation"]]
     assert removed == sorted(removed) and removed[-1] == longest and len(removed) == -(-schedule["steps"] // 8)
     assert all(0 <= v["answer_accuracy"] <= 1 for v in schedule["validation"])
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run/stages/icot/model")  # a plain HF model
-    assert model.config.model_type == "qwen2" and summary["evals"][0]["n"] == 8
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run/stages/internalize/model")  # a plain HF model
+    assert model.config.model_type == "qwen2" and [e["stage"] for e in summary["evals"]] == ["eval_cot", "eval_no_cot"]
