@@ -123,7 +123,7 @@ SMOKE_ZERO = ("gpus_per_worker",)
 def smoke_shrink(node, key=None):
     """A recipe's (or any part's) smoke form: numbers capped, GPUs dropped, data synthetic, real models gone."""
     if isinstance(node, dict):
-        if key in ("data", "eval_data", "ood_data"):
+        if key == "data" or (isinstance(key, str) and key.endswith("_data")):  # data, val_data, eval_data, ood_data
             if "from_stage" in node:  # an earlier stage's samples: they are already small
                 return node
             if "dataset" not in node:  # a mapping of named data sources (a comparison's eval)
