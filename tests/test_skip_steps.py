@@ -34,8 +34,10 @@ def test_merged_steps_on_hand_examples():
     for task in (addition, direction, TASKS["mixed_addition"]):
         for e in task.generate(20, cot="terse"):
             assert task.chunked(e.prompt, [1] * e.extra["n_steps"]) == e.response  # sizes of 1: the terse form
-            short = shorter_by_one(task, e, random.Random(0))
+            short = shorter_by_one(task, e, random.Random(0), "random")
             assert count_steps(short, ";") == e.extra["n_steps"] - 1 and task.check(short, e.answer)
+            first = shorter_by_one(task, e, random.Random(0))  # the default: the first two steps merged
+            assert first == task.chunked(e.prompt, [2] + [1] * (e.extra["n_steps"] - 2))
     with pytest.raises(ValueError, match="cannot split '347\\+285=' into steps of \\[2\\]"):
         addition.chunked("347+285=", [2])
 

@@ -32,6 +32,9 @@ class Config(sft.Config):
     step_separator: str = ";"
     skips: list[int] = [1, 2]  # ask for N-1 and N-2 steps (each when at least one step is left)
     warm_start: bool = True  # round 0 also sees hand-made solutions one step shorter (the task's `chunked`)
+    # Which two steps the warm start merges. Greedy decoding follows a fixed place ("first"); merged at a random
+    # place, each step is more likely unmerged, so a greedy model asked for N-1 steps writes all N (measured).
+    warm_start_merge: Literal["first", "random"] = "first"
     standard: bool = True  # per round, a model trained without step counts, evaluated in and out of domain
     eval_data: DataSpec | None = None  # in domain; default: the training task's test split, 500 problems
     ood_data: DataSpec | None = None  # out of domain (e.g. longer problems: `options: {digits: 5}`)
@@ -84,11 +87,11 @@ def keep(correct: bool, steps: int, asked: int, full: int) -> bool:
     return correct and steps == asked and steps < full
 
 
-def shorter_by_one(task, example, rng: random.Random) -> str:
-    """A hand-made solution with two adjacent steps merged (the warm start)."""
+def shorter_by_one(task, example, rng: random.Random, where: str = "first") -> str:
+    """A hand-made solution with two adjacent steps merged (the warm start): the first two, or a random pair."""
     n = example.extra["n_steps"]
     sizes = [1] * (n - 1)
-    sizes[rng.randrange(n - 1)] = 2
+    sizes[0 if where == "first" else rng.randrange(n - 1)] = 2
     return task.chunked(example.extra.get("question", example.prompt), sizes)
 
 
@@ -107,7 +110,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     in_domain = cfg.eval_data or DataSpec(dataset=cfg.data.dataset, split="test", n=500, options=cfg.data.options)
     full = [asked(cfg, e, e.extra["n_steps"]) for e in train]
     rng = random.Random(run.seed)
-    data = full + ([replace(asked(cfg, e, e.extra["n_steps"] - 1), response=shorter_by_one(task, e, rng))
+    data = full + ([replace(asked(cfg, e, e.extra["n_steps"] - 1), response=shorter_by_one(task, e, rng, cfg.warm_start_merge))
                     for e in train if e.extra["n_steps"] > 1] if cfg.warm_start else [])
     rows_path = run.stage_dir() / "rounds.jsonl"
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if run.resume and rows_path.is_file() else []
