@@ -195,15 +195,14 @@ def peak_resources(recipe) -> dict[str, float]:
 
 def shared_prefixes(comparison: Comparison) -> dict[str, tuple[str, list[str]]]:
     """Row -> (an earlier row, the leading training stages the two have alike): the longest such run."""
-    def trained(row):
-        return [s.model_dump(mode="json") for s in comparison.rows[row].stages if s.type != "eval"]
-
+    trained = {row: [s.model_dump(mode="json") for s in recipe.stages if s.type != "eval"]
+               for row, recipe in comparison.rows.items()}
     shares, earlier = {}, []
     for name in comparison.rows:
         best: tuple[str, list[str]] | None = None
         for other in earlier:
             alike = []
-            for mine, theirs in zip(trained(name), trained(other)):
+            for mine, theirs in zip(trained[name], trained[other]):
                 if mine != theirs:
                     break
                 alike.append(mine["name"])
