@@ -1,9 +1,16 @@
-"""Continuous thoughts (Coconut, Hao et al. 2024): positions whose input embedding is the last layer's hidden
-state at the position before, instead of a token's embedding.
+"""Thinking in hidden states: positions whose input embedding is a hidden state at the position before, instead
+of a token's embedding.
 
-A latent model is a plain Hugging Face causal LM with three added tokens, `<|start-latent|>`, `<|latent|>` and
-`<|end-latent|>`, and `latent.json` in its directory saying how many thoughts it thinks before answering. The
-learner (the `coconut` loss) and the hf rollout engine fill the thoughts the same way: `fill_latents`.
+Coconut (Hao et al. 2024): continuous thoughts, the last layer's state fed back. A Coconut model is a plain Hugging
+Face causal LM with three added tokens, `<|start-latent|>`, `<|latent|>` and `<|end-latent|>`, and `latent.json`
+in its directory saying how many thoughts it thinks before answering. The learner (the `coconut` loss) and the hf
+rollout engine fill the thoughts the same way: `fill_latents`.
+
+CCoT (Cheng & Van Durme 2024): contemplation tokens, a middle layer's state fed back, made by a contemplator
+model beside the decoder (below: `contemplate`, the END head, the directory layout). The stage and the engine
+contemplate the same way.
+
+The hf engine asks `load_thinker` how a model thinks; `latent_kind` tells without loading anything.
 """
 from __future__ import annotations
 
@@ -67,3 +74,151 @@ def fill_latents(model, input_ids: torch.Tensor, mask: torch.Tensor, latent_id: 
         if len(cols):
             embeds = embeds.index_put((rows, cols), out.hidden_states[-1][rows, cols - 1].to(embeds.dtype))
     return embeds
+
+
+# Compressed Chain of Thought (CCoT, Cheng & Van Durme 2024; rlcomp/stages/ccot.py). A CCoT model directory is
+# the decoder psi as a plain Hugging Face model, with the contemplator phi beside it: `contemplator/` (a Hugging
+# Face model), `end_head.safetensors` (the END head: `weight` [D], `bias` [1]) and `ccot.json` ({layer, r, cap}).
+CCOT_SPEC_FILE = "ccot.json"
+CONTEMPLATOR = "contemplator"
+END_HEAD = "end_head.safetensors"
+
+
+def read_ccot_spec(model_dir: str | Path) -> dict | None:
+    """The model's CCoT spec ({layer, r, cap}), or None for a model that is not a CCoT model."""
+    path = Path(model_dir) / CCOT_SPEC_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def latent_kind(model_dir: str | Path) -> str | None:
+    """"coconut" or "ccot" for a model that thinks in hidden states before answering; None for one that thinks in
+    tokens (reads two small files: no torch)."""
+    return "coconut" if read_spec(model_dir) else "ccot" if read_ccot_spec(model_dir) else None
+
+
+def put_vectors(embeds: torch.Tensor, at: torch.Tensor, valid: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """`embeds` [B, T, D] with row b's position at[b, i] replaced by vectors[b, i] wherever valid[b, i] ([B, K])."""
+    rows, slots = valid.bool().nonzero(as_tuple=True)
+    if not len(rows):
+        return embeds
+    return embeds.index_put((rows, at[rows, slots]), vectors[rows, slots].to(embeds.dtype))
+
+
+def contemplate(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, steps: int, stop=None):
+    """CCoT's contemplation after left-padded prompts: at most `steps` positions appended, the input embedding of
+    each the layer-`layer` hidden state (`hidden_states[layer]`: 0 the embeddings, L the last layer's) at the
+    position before it, the first one's the prompt's last token's. Returns (vectors [B, n, D]: the layer-`layer`
+    states at the contemplation positions, in order, the contemplation tokens; finals [B, n, D]: the last layer's;
+    counts [B]: per row, the positions up to and including the first where `stop(finals[:, i])` ([B] bools, the
+    END head) says stop, else n). One forward pass per position over the whole sequence (no KV cache; the first
+    pass on the token ids, so that the embedding lookup happens inside the model's forward, where FSDP has its
+    weights); without `stop`, every call runs exactly steps + 1 passes, as FSDP's collectives need. With `stop`,
+    the passes end once every row has stopped."""
+    pos = positions(mask)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=False)
+    embeds, feed = out.hidden_states[0], out.hidden_states[layer][:, -1]
+    rows = len(input_ids)
+    counts = torch.full((rows,), steps, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    vectors, finals = [], []
+    for i in range(steps):
+        embeds = torch.cat([embeds, feed.to(embeds.dtype)[:, None]], 1)
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
+                    use_cache=False)
+        feed = out.hidden_states[layer][:, -1]
+        vectors.append(feed)
+        finals.append(out.hidden_states[-1][:, -1])
+        if stop is not None:
+            now = stop(finals[-1]) & ~done
+            counts[now] = i + 1
+            done |= now
+            if bool(done.all()):
+                break
+    counts = torch.where(done, counts, len(vectors))
+    width = embeds.shape[-1]
+    stack = lambda xs: torch.stack(xs, 1) if xs else embeds.new_zeros(rows, 0, width)  # noqa: E731
+    return stack(vectors), stack(finals), counts
+
+
+def place_contemplation(embeds: torch.Tensor, mask: torch.Tensor, vectors: torch.Tensor, counts: torch.Tensor):
+    """Left-padded prompt embeddings [B, W, D] followed, per row, by its first counts[b] contemplation vectors,
+    every row still ending at the right edge (rows that contemplated less get more padding on the left); returns
+    (embeds [B, W + n, D], mask)."""
+    rows, width, n = len(embeds), embeds.shape[1], vectors.shape[1]
+    out = embeds.new_zeros(rows, width + n, embeds.shape[-1])
+    out_mask = mask.new_zeros(rows, width + n)
+    for b in range(rows):
+        c = int(counts[b])
+        shift = n - c
+        out[b, shift : shift + width], out_mask[b, shift : shift + width] = embeds[b], mask[b]
+        out[b, shift + width :], out_mask[b, shift + width :] = vectors[b, :c].to(embeds.dtype), 1
+    return out, out_mask
+
+
+class EndHead:
+    """CCoT's END head: stop contemplating where weight . h + bias > 0, h the last layer's state."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight, self.bias = weight.float(), bias.float().reshape(())
+
+    def logits(self, finals: torch.Tensor) -> torch.Tensor:
+        return finals.float() @ self.weight.to(finals.device) + self.bias.to(finals.device)
+
+    def __call__(self, finals: torch.Tensor) -> torch.Tensor:
+        return self.logits(finals) > 0
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(1).contiguous()}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EndHead":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls(tensors["weight"], tensors["bias"])
+
+
+class CoconutThinker:
+    """A Coconut model's thinking: `<|start-latent|>`, its thoughts and `<|end-latent|>` appended to the prompt
+    ids (`suffix`), the thoughts filled in as embeddings."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.suffix = [spec["start"], *[spec["latent"]] * spec["thoughts"], spec["end"]]
+
+    def prompt(self, model, input_ids: torch.Tensor, mask: torch.Tensor):
+        embeds = fill_latents(model, input_ids, mask, self.spec["latent"], self.spec["thoughts"])
+        return embeds, mask, [self.spec["thoughts"]] * len(input_ids)
+
+
+class CCoTThinker:
+    """A CCoT model's thinking: the contemplator contemplates after the prompt until its END head says stop or
+    `cap` positions; the decoder then reads the prompt's embeddings followed by the contemplation vectors."""
+
+    suffix: list[int] = []
+
+    def __init__(self, model_dir: str | Path, spec: dict, dtype=torch.float32, device="cpu"):
+        from transformers import AutoModelForCausalLM
+
+        self.layer, self.cap = spec["layer"], spec["cap"]
+        self.phi = AutoModelForCausalLM.from_pretrained(Path(model_dir) / CONTEMPLATOR, dtype=dtype).to(device).eval()
+        self.end = EndHead.load(Path(model_dir) / END_HEAD)
+
+    def prompt(self, model, input_ids: torch.Tensor, mask: torch.Tensor):
+        vectors, _, counts = contemplate(self.phi, input_ids, mask, self.layer, self.cap, self.end)
+        embeds, mask = place_contemplation(model.get_input_embeddings()(input_ids), mask, vectors, counts)
+        return embeds, mask, counts.tolist()
+
+
+def load_thinker(model_dir: str | Path, dtype=torch.float32, device="cpu"):
+    """How a model thinks before it answers, for the hf engine: a CoconutThinker, a CCoTThinker, or None (in
+    tokens). Each has `suffix` (token ids put after the prompt) and `prompt(model, input_ids, mask) -> (inputs
+    embeds, mask, latent positions per row)` on left-padded prompts, ready for `generate(inputs_embeds=...)`."""
+    if spec := read_spec(model_dir):
+        return CoconutThinker(spec)
+    if spec := read_ccot_spec(model_dir):
+        return CCoTThinker(model_dir, spec, dtype, device)
+    return None

@@ -248,6 +248,31 @@ class LearnerWorker:
         when it removes another token, Coconut per stage)."""
         self.optimizer.state.clear()
 
+    def train_layers(self, layers: list[int] | None) -> None:
+        """From now on only the trainable parameters (LoRA: the adapter's) inside these decoder layers get
+        gradients, the rest stay as they are (AdamW skips parameters without a gradient); None: all of them again."""
+        if not hasattr(self, "trainable"):
+            self.trainable = {id(p) for p in self.model.parameters() if p.requires_grad}
+        blocks = decoder_layers(self.model)
+        if layers is not None and not all(0 <= i < len(blocks) for i in layers):
+            raise ValueError(f"train_layers {layers}: the model has decoder layers 0..{len(blocks) - 1}")
+        chosen = None if layers is None else {id(p) for i in layers for p in blocks[i].parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in self.trainable and (chosen is None or id(p) in chosen))
+
+    @torch.no_grad()
+    def apply(self, micro_batches: list[Batch], fn) -> list:
+        """fn(model, batch) on each micro-batch, in eval mode without gradients; tensors in its result (a tensor,
+        or a tuple of them) come back on the CPU."""
+        self.model.eval()
+        results = []
+        for batch in micro_batches:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with self._autocast():
+                out = fn(self.model, batch)
+            results.append(tuple(t.cpu() for t in out) if isinstance(out, tuple) else out.cpu())
+        return results
+
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
         self.model.eval()
@@ -405,8 +430,12 @@ class LearnerGroup:
 
     def token_outputs(self, micro_batches: list[Batch], temperature: float = 1.0) -> list[torch.Tensor]:
         """Target log-probs (or values, for a critic) of every micro-batch, in input order."""
+        return self._dealt("token_outputs", micro_batches, temperature)
+
+    def _dealt(self, method: str, micro_batches: list[Batch], *args) -> list:
+        """Each rank's share of the micro-batches through its `method`; the results in input order."""
         shares = self._shares(micro_batches)
-        results = ray.get([w.token_outputs.remote(s, temperature) for w, s in zip(self.workers, shares)])
+        results = ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shares)])
         ordered: list = [None] * len(micro_batches)
         for rank, outputs in enumerate(results):
             ordered[rank :: self.world_size] = outputs
@@ -423,6 +452,16 @@ class LearnerGroup:
 
     def reset_optimizer(self) -> None:
         ray.get([w.reset_optimizer.remote() for w in self.workers])
+
+    def train_layers(self, layers: list[int] | None) -> None:
+        """Only these decoder layers train from now on (None: every trainable parameter again): CCoT's phi."""
+        ray.get([w.train_layers.remote(layers) for w in self.workers])
+
+    def apply(self, fn, micro_batches: list[Batch]) -> list:
+        """fn(model, batch) without gradients on every micro-batch, dealt to the ranks as train_step deals them;
+        the results in input order. `fn` is module-level (sent by reference) and, on several ranks, must run the
+        same number of forward passes on every micro-batch (FSDP gathers weights inside each)."""
+        return self._dealt("apply", micro_batches, fn)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return ray.get([w.full_state_dict.remote() for w in self.workers])[0]

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import torch
 
-from rlcomp.latent import fill_latents, read_spec
+from rlcomp.latent import latent_kind, load_thinker
 from rlcomp.prompts import PromptRenderer, PromptSpec, thinking_tokens
 from rlcomp.sample import Example, Sample
 
@@ -84,7 +84,8 @@ class HFEngine:
         self.precision = engine_precision(device)
         dtype = torch.bfloat16 if self.precision["used"] == "bf16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        self.latent = read_spec(model_path)  # a Coconut model: it thinks continuous thoughts before answering
+        # A Coconut or CCoT model thinks in hidden states before answering (rlcomp/latent.py); None: in tokens.
+        self.thinker = load_thinker(model_path, dtype, self.device)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
@@ -95,8 +96,7 @@ class HFEngine:
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         groups: list[list[Sample]] = [[] for _ in examples]
         ids = [prompt_ids(self.tokenizer, e) for e in examples]
-        latent = self.latent or {"thoughts": 0}
-        thought = [latent["start"], *[latent["latent"]] * latent["thoughts"], latent["end"]] if self.latent else []
+        thought = self.thinker.suffix if self.thinker else []
         # Each prompt repeated n times; rows sorted by prompt length so batches pad little.
         rows = sorted((i for i in range(len(examples)) for _ in range(params.n)), key=lambda i: len(ids[i]))
         pad = self.tokenizer.pad_token_id
@@ -113,17 +113,21 @@ class HFEngine:
                 input_ids[row, width - len(ids[i]) - len(thought):] = torch.tensor(ids[i] + thought)
                 attention[row, width - len(ids[i]) - len(thought):] = 1
             input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-            # A latent model's prompt ends in its thoughts, filled in as embeddings; generate then returns only
-            # the new tokens (it does so when given embeddings alone).
-            prompt = ({"inputs_embeds": fill_latents(self.model, input_ids, attention, latent["latent"],
-                                                     latent["thoughts"])} if self.latent else {"input_ids": input_ids})
+            # A latent model's prompt ends in its thoughts, given as embeddings; generate then returns only the new
+            # tokens (it does so when given embeddings alone).
+            latent = [0] * len(chunk)
+            if self.thinker:
+                embeds, attention, latent = self.thinker.prompt(self.model, input_ids, attention)
+                prompt = {"inputs_embeds": embeds}
+            else:
+                prompt = {"input_ids": input_ids}
             out = self.model.generate(
                 **prompt, attention_mask=attention,
                 max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=stop,
                 return_dict_in_generate=True, output_logits=params.logprobs,
                 **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
             )
-            new_tokens = out.sequences if self.latent else out.sequences[:, width:]
+            new_tokens = out.sequences if self.thinker else out.sequences[:, width:]
             logprobs = None
             if params.logprobs:  # raw logits of each step -> log-prob of the token actually drawn
                 logits = torch.stack(out.logits, dim=1).float() / (params.temperature if sampling else 1.0)
@@ -137,7 +141,7 @@ class HFEngine:
                     self.tokenizer, examples[i], i, ids[i], response_ids,
                     self.tokenizer.decode(response_ids, skip_special_tokens=True),
                     logprobs[row, :length].tolist() if logprobs is not None else None, end is not None))
-                groups[i][-1].latent_positions = latent["thoughts"]
+                groups[i][-1].latent_positions = latent[row]
         return groups
 
 
@@ -263,9 +267,10 @@ class RolloutGroup:
         from rlcomp.models import load_tokenizer
 
         device = "cuda" if gpus_per_worker else "cpu"
-        if read_spec(model_path) is not None and engine != "hf":  # continuous thoughts: the hf engine fills them
+        if (kind := latent_kind(model_path)) and engine != "hf":  # thinking in hidden states: the hf engine does it
             if engine == "vllm":
-                raise ValueError(f"{model_path} thinks in continuous thoughts (a Coconut model): generate with "
+                method = "Coconut" if kind == "coconut" else "CCoT"
+                raise ValueError(f"{model_path} thinks in hidden states (a {method} model): generate with "
                                  "engine: hf (or auto)")
             engine = "hf"
         engine = resolve_engine(engine)

@@ -73,3 +73,4 @@ from rlcomp.losses import o1_pruner  # noqa: E402,F401
 from rlcomp.losses import dpo  # noqa: E402,F401
 from rlcomp.losses import cot_valve  # noqa: E402,F401
 from rlcomp.losses import coconut  # noqa: E402,F401
+from rlcomp.losses import ccot  # noqa: E402,F401

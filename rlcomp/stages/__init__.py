@@ -6,12 +6,12 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from rlcomp.stages import (c3ot, coconut, cot_valve, dpo, eval, icot, make_model, merge, rl, sample, sft, skip_steps,
-                           system2)
+from rlcomp.stages import (c3ot, ccot, coconut, cot_valve, dpo, eval, icot, make_model, merge, rl, sample, sft,
+                           skip_steps, system2)
 
 STAGES = {module.Config.model_fields["type"].default: module
           for module in (make_model, sft, rl, eval, sample, dpo, merge, c3ot, cot_valve, system2, skip_steps, icot,
-                        coconut)}
+                        coconut, ccot)}
 
 
 def stage_union():

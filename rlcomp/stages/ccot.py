@@ -1,0 +1,330 @@
+"""Stage `ccot`: Compressed Chain of Thought (Cheng & Van Durme 2024, arXiv 2412.13171; no official code).
+
+The chain is the response before `answer_marker`'s last occurrence (m tokens), the answer the rest. A model
+learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instead of the chain:
+1. Gold: the frozen input model theta on [prompt; chain]; k chain positions p_1..p_k, evenly spaced (the last
+   token of each of k equal parts: p_i = floor(i * m / k) - 1, 0-based; the paper's learned scorer, about as
+   good there, is not implemented); z_i^j their hidden states at every layer j (hidden-state index: 0 the
+   embeddings, L the last layer, post-norm), z_0 the prompt's last token's.
+2. The contemplator phi (a LoRA adapter on theta, `phi_lora`), teacher-forced on [prompt; k positions]:
+   position i's input embedding is z_{i-1}^l (l = `layer`, the feedback layer); trained one layer at a time as
+   the paper does: in phase j (1..L) only decoder layer j's adapter trains, on the layer-j states,
+   (1/k) sum_i MSE(z_i^j, zhat_i^j) / var(z_i^j) (rlcomp/losses/ccot.py), `phi_steps_per_layer` steps each.
+   The gold states are computed in the same forward with phi's LoRA branches zeroed (theta, exactly).
+3. phi contemplates autoregressively on every training prompt (gold k positions, each input the layer-l state
+   phi made at the position before: rlcomp/latent.py `contemplate`); its layer-l states there are the
+   contemplation vectors.
+4. The END head: a linear binary classifier on phi's last-layer state at each contemplation position (1 at the
+   k-th, else 0), logistic regression (L-BFGS, `end_head_steps` iterations) on those autoregressive states.
+5. The decoder psi (a LoRA adapter on theta, `psi_lora`): SFT on the answer after [prompt; contemplation vectors].
+
+The saved model (rlcomp/latent.py) is psi merged, a plain Hugging Face model, with `contemplator/` (phi merged),
+`end_head.safetensors` and `ccot.json` ({layer, r, cap}). Wherever it generates (eval, sample, compare: the hf
+engine, which `auto` picks), phi contemplates until the END head says stop or `cap` = ceil(200 r) positions,
+then psi answers; the contemplation positions count in the response length (`latent_positions`).
+
+Deviations from the paper:
+- psi reads the contemplation vectors as its input embeddings and processes them with its own layers; the
+  paper's psi attends to phi's key-value cache and unfreezes phi's layers after l, a part psi's own (LoRA-adapted)
+  layers play here. psi trains on phi's contemplations with the gold k, as the paper does.
+- phi is one adapter on every layer, trained a layer at a time (the others get no gradient), rather than a new
+  model per layer; the END head is trained after phi, on phi's own autoregressive states, by logistic
+  regression.
+- Examples with an empty chain, or longer than `max_length`, are left out (counted in phases.json).
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rlcomp.data import DataSpec, load_examples
+from rlcomp.report import console, progress, write_json
+from rlcomp.schema import LearnerConfig, LoraConfig, OptimConfig, StageConfig, workers_resources
+
+
+class Config(StageConfig):
+    type: Literal["ccot"] = "ccot"
+    data: DataSpec  # examples whose responses hold a chain, then the answer
+    answer_marker: str = "ans "  # the chain is the response before the marker's last occurrence (GSM8K: "####")
+    r: float = Field(0.1, gt=0, le=1)  # compression ratio: k = ceil(r * m) contemplation tokens for m chain tokens
+    layer: int | None = Field(None, ge=0)  # feedback layer (hidden-state index, 0..L); default: the middle, L // 2
+    positions: Literal["even"] = "even"  # which chain positions are gold (the paper's scorer: not implemented)
+    cap: int | None = Field(None, gt=0)  # most contemplation tokens at inference; default ceil(200 r) (the paper)
+    phi_lora: LoraConfig = LoraConfig(r=32, alpha=64)  # the paper: r 128 (LLaMA-2-7B)
+    psi_lora: LoraConfig = LoraConfig(r=16, alpha=32)  # the paper: r 64
+    phi_steps_per_layer: int = Field(100, gt=0)
+    psi_steps: int = Field(1000, gt=0)
+    end_head_steps: int = Field(100, gt=0)  # L-BFGS iterations
+    batch_size: int = Field(32, gt=0)
+    micro_batches: int | None = Field(None, gt=0)
+    max_length: int = Field(1024, gt=0)
+    optim: OptimConfig = OptimConfig(lr=1e-4, schedule="constant")  # phi's and psi's
+    learner: LearnerConfig = LearnerConfig()  # without lora: phi_lora and psi_lora say it
+    log_every: int = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _no_learner_lora(self):
+        if self.learner.lora is not None:
+            raise ValueError("ccot trains two LoRA adapters: set phi_lora and psi_lora, not learner.lora")
+        return self
+
+
+def resources(cfg: Config) -> dict[str, float]:  # phi's learners, then psi's: never both at once
+    return workers_resources(cfg.learner.num_workers, cfg.learner.cpus_per_worker, cfg.learner.gpus_per_worker)
+
+
+def contemplations(m: int, r: float) -> int:
+    """k = ceil(r * m), r taken as the decimal it is written as (ceil(0.1 * 30) is 3, not 4)."""
+    return math.ceil(Fraction(repr(float(r))) * m)
+
+
+def evenly_spaced(m: int, k: int) -> list[int]:
+    """k of m chain positions (0-based): the last token of each of k equal parts, the last one the chain's end."""
+    return [(i + 1) * m // k - 1 for i in range(k)]
+
+
+@dataclass
+class Row:
+    prompt: list[int]
+    chain: list[int]
+    answer: list[int]  # with EOS
+    spots: list[int]  # the k gold chain positions
+
+    @property
+    def k(self) -> int:
+        return len(self.spots)
+
+
+def prepare(examples, tokenizer, renderer, cfg: Config, stage: str) -> tuple[list[Row], dict]:
+    """Rows of token ids with their gold positions; examples without a chain or too long are counted and left out."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows, no_chain, too_long = [], 0, 0
+    for e in examples:
+        at = e.response.rfind(cfg.answer_marker)
+        if at < 0:
+            raise ValueError(f"stage {stage}: example {e.id}: no answer marker {cfg.answer_marker!r} in its response "
+                             f"(set answer_marker): {e.response[:80]!r}")
+        prompt, chain = renderer.ids(e.prompt), encode(e.response[:at])
+        answer = encode(e.response[at:]) + [tokenizer.eos_token_id]
+        if not chain:
+            no_chain += 1
+        elif len(prompt) + len(chain) + len(answer) > cfg.max_length:
+            too_long += 1
+        else:
+            rows.append(Row(prompt, chain, answer, evenly_spaced(len(chain), contemplations(len(chain), cfg.r))))
+    return rows, {"examples": len(rows), "no_chain": no_chain, "too_long": too_long}
+
+
+def deal(items: list, n: int) -> list[list]:
+    """items round-robin into n parts (as many micro-batches as the step needs)."""
+    return [items[i::n] for i in range(n)]
+
+
+def padded(seqs: list[list[int]], pad: int, left: bool = False):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[b, cols], mask[b, cols] = torch.tensor(s, dtype=torch.long), 1
+    return ids, mask
+
+
+def slots(rows: list[Row], width: int, fill):
+    """[B, K] long: fill(row, i) for each row's i-th contemplation, 0 past its k."""
+    import torch
+
+    out = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        out[b, : row.k] = torch.tensor([fill(row, i) for i in range(row.k)], dtype=torch.long)
+    return out
+
+
+def phi_batch(rows: list[Row], layer: int, feedback: int, pad: int) -> dict:
+    """phi's teacher-forced micro-batch for phase `layer` (rlcomp/losses/ccot.py): the gold sequences [prompt;
+    chain] right-padded; contemplation i (0-based) sits at len(prompt) + i in phi's sequence, takes the gold state
+    at the position before gold spot i (the prompt's last token for the first), and targets gold spot i."""
+    import torch
+
+    width = max(row.k for row in rows)
+    input_ids, mask = padded([row.prompt + row.chain for row in rows], pad)
+    phi_len = torch.tensor([len(row.prompt) + row.k for row in rows])
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "ccot_mask": (torch.arange(int(phi_len.max()))[None] < phi_len[:, None]).long(),
+            "ccot_at": slots(rows, width, lambda row, i: len(row.prompt) + i),
+            "ccot_src": slots(rows, width, lambda row, i: len(row.prompt) + (row.spots[i - 1] if i else -1)),
+            "ccot_dst": slots(rows, width, lambda row, i: len(row.prompt) + row.spots[i]),
+            "ccot_valid": slots(rows, width, lambda row, i: 1).float(),
+            "ccot_layer": layer, "feedback_layer": feedback}
+
+
+def decode_batch(rows: list[Row], vectors: list, pad: int) -> dict:
+    """psi's micro-batch: [prompt; k contemplation positions; answer] right-padded, the loss on the answer, the
+    vectors phi made (vectors[b]: [k, D]) to put at the contemplation positions."""
+    import torch
+
+    from rlcomp.batching import collate_padded
+
+    width = max(row.k for row in rows)
+    batch = collate_padded([(row.prompt + [pad] * row.k + row.answer, len(row.prompt) + row.k) for row in rows], pad)
+    stacked = torch.zeros(len(rows), width, vectors[0].shape[-1])
+    for b, v in enumerate(vectors):
+        stacked[b, : len(v)] = v
+    return {**batch, "ccot_at": slots(rows, width, lambda row, i: len(row.prompt) + i),
+            "ccot_valid": slots(rows, width, lambda row, i: 1).float(), "ccot_vectors": stacked}
+
+
+def train_end_head(finals: list, steps: int):
+    """The END head by logistic regression on phi's last-layer states (finals[b]: [k, D], the k-th labelled
+    stop), on standardised features folded back into the weights. Returns (EndHead, stats)."""
+    import torch
+    import torch.nn.functional as F
+
+    from rlcomp.latent import EndHead
+
+    x = torch.cat(finals).float()
+    y = torch.cat([(torch.arange(len(f)) == len(f) - 1).float() for f in finals])
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(z @ w + b, y) + 1e-4 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head = EndHead(w / std, b - (w * mean / std).sum())
+        stops = [head(f) for f in finals]
+        first = [int(s.nonzero()[0]) + 1 if s.any() else None for s in stops]
+    return head, {"positions": len(y), "accuracy": float((torch.cat(stops).float() == y).float().mean()),
+                  "stops_at_k": sum(f == len(s) for f, s in zip(first, stops)) / len(finals),
+                  "stops_early": sum(f is not None and f < len(s) for f, s in zip(first, stops)) / len(finals)}
+
+
+def run(cfg: Config, run, model: str | None) -> str:
+    from transformers import AutoConfig
+
+    from rlcomp.batching import step_batches
+    from rlcomp.latent import CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD
+    from rlcomp.learner import LearnerGroup
+    from rlcomp.losses.ccot import contemplate_batch
+    from rlcomp.models import load_tokenizer
+    from rlcomp.prompts import PromptRenderer
+
+    if model is None:
+        raise ValueError(f"stage {run.stage}: no input model (set `model`, or put a stage that makes one first)")
+    tokenizer = load_tokenizer(model)
+    pad = tokenizer.pad_token_id
+    examples = load_examples(run.data(cfg.data), cfg.prompt)
+    rows, counts = prepare(examples, tokenizer, PromptRenderer(tokenizer, cfg.prompt), cfg, run.stage)
+    if len(rows) < cfg.batch_size:
+        raise ValueError(f"stage {run.stage}: {len(rows)} usable examples are fewer than batch_size {cfg.batch_size} "
+                         f"({counts['no_chain']} without a chain, {counts['too_long']} longer than max_length)")
+    n_layers = AutoConfig.from_pretrained(model).num_hidden_layers
+    layer = n_layers // 2 if cfg.layer is None else cfg.layer
+    if layer > n_layers:
+        raise ValueError(f"stage {run.stage}: layer {layer}: the model's hidden states are 0..{n_layers}")
+    cap = cfg.cap or contemplations(200, cfg.r)  # the paper's ceil(200 r)
+    ks = [row.k for row in rows]
+    console.print(f"ccot: {len(rows)} examples, chains of {sum(len(r.chain) for r in rows) / len(rows):.1f} tokens, "
+                  f"k = ceil({cfg.r} m): {sum(ks) / len(ks):.1f} contemplations on average (at most {max(ks)}; "
+                  f"cap {cap}); feedback layer {layer} of {n_layers}")
+    rng = random.Random(run.seed)
+
+    def plan(length):
+        while True:
+            yield from step_batches(range(len(rows)), cfg.batch_size, "bucket", rng, length)
+
+    started, summary = time.time(), {"layer": layer, "layers": n_layers, "r": cfg.r, "cap": cap, **counts,
+                                     "mean_k": sum(ks) / len(ks), "phi": []}
+
+    # phi, one layer at a time
+    learner = cfg.learner.model_copy(update={"lora": cfg.phi_lora})
+    total = n_layers * cfg.phi_steps_per_layer
+    group = LearnerGroup(model, learner, cfg.optim, total_steps=total, seed=run.seed, name="phi learner")
+    run.record_precision("phi learner", group.precision)
+    n_micro = max(cfg.micro_batches or 0, group.world_size)
+    if cfg.batch_size < n_micro:
+        raise ValueError(f"stage {run.stage}: batch_size {cfg.batch_size} is smaller than {n_micro} micro-batches")
+    batches, step = plan(lambda i: len(rows[i].prompt) + len(rows[i].chain)), 0
+    with progress(f"ccot {run.stage}: phi", total) as bar:
+        for j in range(1, n_layers + 1):
+            group.train_layers([j - 1])
+            losses = []
+            for _ in range(cfg.phi_steps_per_layer):
+                indices = next(batches)
+                mbs = [phi_batch([rows[i] for i in part], j, layer, pad) | {"step_sequences": len(indices)}
+                       for part in deal(indices, n_micro)]
+                metrics = group.train_step(mbs, "ccot_phi")
+                losses.append(metrics["loss"])
+                run.train_tokens += sum(len(rows[i].prompt) + len(rows[i].chain) for i in indices)
+                if step % cfg.log_every == 0 or step == total - 1:
+                    run.logger.log(run.stage, {**metrics, "phi_layer": j}, step)
+                bar.advance(info=f"layer {j} nmse {metrics['loss']:.3f}")
+                step += 1
+            summary["phi"].append({"layer": j, "first_loss": losses[0], "last_loss": losses[-1]})
+
+    # phi contemplates on every training prompt (the gold k), for the END head and psi
+    vectors, finals = [None] * len(rows), [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+    for start in range(0, len(order), cfg.batch_size):
+        chunk = order[start : start + cfg.batch_size]
+        parts = deal(chunk + chunk[-1:] * max(0, group.world_size - len(chunk)), group.world_size)
+        steps = max(rows[i].k for i in chunk)  # the same passes on every rank
+        mbs = [dict(zip(("input_ids", "attention_mask"), padded([rows[i].prompt for i in part], pad, left=True)),
+                    feedback_layer=layer, ccot_steps=steps) for part in parts]
+        for part, (v, f) in zip(parts, group.apply(contemplate_batch, mbs)):
+            for b, i in enumerate(part):
+                vectors[i], finals[i] = v[b, : rows[i].k].clone(), f[b, : rows[i].k].clone()
+    contemplator = run.stage_dir() / CONTEMPLATOR
+    group.save_model(contemplator)
+    group.shutdown()
+    shutil.rmtree(contemplator / "adapter", ignore_errors=True)
+
+    head, summary["end_head"] = train_end_head(finals, cfg.end_head_steps)
+    fit = summary["end_head"]
+    console.print(f"ccot: END head on {fit['positions']} positions: accuracy {fit['accuracy']:.3f}, stops exactly "
+                  f"at k on {fit['stops_at_k']:.0%} of the training prompts")
+
+    # psi: the answer after the contemplation vectors
+    learner = cfg.learner.model_copy(update={"lora": cfg.psi_lora})
+    group = LearnerGroup(model, learner, cfg.optim, total_steps=cfg.psi_steps, seed=run.seed, name="psi learner")
+    run.record_precision("psi learner", group.precision)
+    batches, losses = plan(lambda i: len(rows[i].prompt) + rows[i].k + len(rows[i].answer)), []
+    with progress(f"ccot {run.stage}: psi", cfg.psi_steps) as bar:
+        for step in range(cfg.psi_steps):
+            indices = next(batches)
+            targets = sum(len(rows[i].answer) for i in indices)
+            mbs = [decode_batch([rows[i] for i in part], [vectors[i] for i in part], pad)
+                   | {"step_target_tokens": targets} for part in deal(indices, n_micro)]
+            metrics = group.train_step(mbs, "ccot_decode")
+            losses.append(metrics["loss"])
+            run.train_tokens += sum(len(rows[i].prompt) + rows[i].k + len(rows[i].answer) for i in indices)
+            if step % cfg.log_every == 0 or step == cfg.psi_steps - 1:
+                run.logger.log(f"{run.stage}/psi", metrics, step)
+            bar.advance(info=f"loss {metrics['loss']:.3f}")
+    output = run.stage_dir() / "model"
+    group.save_model(output)
+    group.shutdown()
+    shutil.move(str(contemplator), str(output / CONTEMPLATOR))
+    head.save(output / END_HEAD)
+    write_json(output / CCOT_SPEC_FILE, {"layer": layer, "r": cfg.r, "cap": cap})
+    summary["psi"] = {"steps": cfg.psi_steps, "first_loss": losses[0], "last_loss": losses[-1]}
+    write_json(run.stage_dir() / "phases.json", summary)
+    console.print(f"ccot: phi {total} steps over {n_layers} layers, psi {cfg.psi_steps} steps in "
+                  f"{time.time() - started:.0f}s; the model contemplates up to {cap} positions before answering")
+    return str(output)
