@@ -14,8 +14,6 @@ import math
 import os
 import shutil
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -111,28 +109,14 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
     return plain
 
 
-@contextmanager
-def lora_merged(model_dir: str, scale: float | None, out: str | Path) -> Iterator[str]:
-    """`model_dir` merged at LoRA `scale` into a copy at `out` for the duration (removed after); the model itself
-    when `scale` is None."""
-    if scale is None:
-        yield model_dir
-        return
-    merged = export_lora(model_dir, scale, out)
-    try:
-        yield str(merged)
-    finally:
-        shutil.rmtree(merged, ignore_errors=True)
-
-
-def export_lora(model_dir: str | Path, scale: float, out: str | Path) -> Path:
-    """A LoRA-trained model directory (its adapter/ names the base model) -> a plain Hugging Face directory at
-    theta + scale * delta (CoT-Valve: 0 the base, 1 as trained, > 1 extrapolated), written atomically."""
+def lora_model(model_dir: str | Path, scale: float):
+    """A LoRA-trained model directory (its adapter/ names the base model) -> the plain model (fp32) at
+    theta + scale * delta (CoT-Valve: 0 the base, 1 as trained, > 1 extrapolated)."""
     import json
 
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     adapter = Path(model_dir) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
@@ -145,10 +129,17 @@ def export_lora(model_dir: str | Path, scale: float, out: str | Path) -> Path:
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scale_layer(scale)
+    return model.merge_and_unload()
+
+
+def export_lora(model_dir: str | Path, scale: float, out: str | Path) -> Path:
+    """`lora_model(model_dir, scale)` as a Hugging Face directory, with the model's tokenizer, written atomically."""
+    from transformers import AutoTokenizer
+
     final = Path(out)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.merge_and_unload().save_pretrained(tmp)
+    lora_model(model_dir, scale).save_pretrained(tmp)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
     if (Path(model_dir) / "generation_config.json").is_file():
         shutil.copy(Path(model_dir) / "generation_config.json", tmp / "generation_config.json")

@@ -282,6 +282,7 @@ class RolloutGroup:
         self.workers = [name_actor(actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep),
                                    f"rollout worker {i}") for i in range(workers)]
         self.engine = engine
+        self.model_path, self.lora_scale = model_path, None
         try:  # an actor that cannot be scheduled would otherwise wait forever
             self.pad_token_id, self.precision = ray.get(self.workers[0].describe.remote(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
@@ -322,6 +323,22 @@ class RolloutGroup:
         import ray
 
         ray.get([w.load_weights.remote(state_dict) for w in self.workers])
+
+    def use_lora_scale(self, scale: float | None) -> None:
+        """Generate with theta + scale * delta of the LoRA-trained model the group started from (CoT-Valve's
+        alpha; None: its weights as saved), pushed into the running engines: a sweep over scales starts no engine
+        (vLLM on a GPU: tens of seconds each) and writes no merged copy."""
+        if scale == self.lora_scale:
+            return
+        import ray
+        from transformers import AutoModelForCausalLM
+
+        from rlcomp.learner import lora_model
+
+        model = lora_model(self.model_path, scale) if scale is not None else \
+            AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self.load_weights(ray.put(model.state_dict()))
+        self.lora_scale = scale
 
     def shutdown(self) -> None:
         from rlcomp.cluster import kill, release

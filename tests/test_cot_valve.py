@@ -93,6 +93,24 @@ def test_cot_valve_recipe_smoke_run(ray_cluster, tmp_path):
     assert all(torch.allclose(at1[k], v, atol=1e-6) for k, v in saved.items())
     assert any(not torch.equal(at0[k], v) for k, v in saved.items())
 
+    # A rollout group of the valve model moved to alpha 0 (weights pushed into its engine, no restart) writes
+    # what the start model's writes, and back at None what the saved model's writes.
+    from rlcomp.rollout import RolloutGroup, SamplingParams
+
+    prompts = [Example(prompt=f"{a} + {a + 7} =", answer=str(2 * a + 7)) for a in range(8)]
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=12)
+    texts = lambda group: [g[0].response_ids for g in group.generate(prompts, greedy)]  # noqa: E731
+    valve_group, start_group = RolloutGroup(str(valve), "hf"), RolloutGroup(str(start), "hf")
+    try:
+        as_saved = texts(valve_group)
+        valve_group.use_lora_scale(0.0)
+        assert texts(valve_group) == texts(start_group)
+        valve_group.use_lora_scale(None)
+        assert texts(valve_group) == as_saved
+    finally:
+        valve_group.shutdown()
+        start_group.shutdown()
+
     evals = {e["stage"]: e for e in json.loads((tmp_path / "summary.json").read_text())["evals"]}
     assert [evals[f"eval_alpha{a}"].get("lora_scale") for a in ("0.25", "0.5", "0.75", "1", "1.5")] == [
         0.25, 0.5, 0.75, None, 1.5]

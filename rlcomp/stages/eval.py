@@ -32,8 +32,8 @@ class Config(StageConfig):
     # For a model trained under condition prefixes (C3oT's long and short): which one to ask it with; default:
     # the model's own default (rlcomp/prompts.py, condition_prefix); models without conditions take none.
     condition: str | None = None
-    # For a model trained with a LoRA adapter (CoT-Valve): evaluate theta + lora_scale * delta (merged into a
-    # copy in the stage directory, removed afterwards); unset: the model as saved.
+    # For a model trained with a LoRA adapter (CoT-Valve): evaluate theta + lora_scale * delta (pushed into the
+    # running engines); unset: the model as saved.
     lora_scale: float | None = None
 
     @model_validator(mode="after")
@@ -115,22 +115,13 @@ def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
     prefix = condition_prefix(model, cfg.condition)
-    make = lambda: RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, prompt=cfg.prompt)  # noqa: E731
-    if cfg.lora_scale is None:  # the next eval stage may reuse these workers (Run.shared_rollout)
-        settings = (model, cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.prompt and cfg.prompt.model_dump_json())
-        rollout = run.shared_rollout(settings, make)
-        run.record_precision(f"{rollout.engine} engine", rollout.precision)
-        result, samples = evaluate(cfg, rollout, prefix)
-    else:  # a merged copy for this stage only
-        from rlcomp.learner import lora_merged
-
-        with lora_merged(model, cfg.lora_scale, run.stage_dir() / f"model_at_{cfg.lora_scale:g}") as model:
-            rollout = make()
-            run.record_precision(f"{rollout.engine} engine", rollout.precision)
-            try:
-                result, samples = evaluate(cfg, rollout, prefix)
-            finally:
-                rollout.shutdown()
+    # Consecutive eval stages of one model share its rollout workers (Run.shared_rollout), LoRA scales included.
+    settings = (model, cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.prompt and cfg.prompt.model_dump_json())
+    rollout = run.shared_rollout(settings, lambda: RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker,
+                                                                prompt=cfg.prompt))
+    rollout.use_lora_scale(cfg.lora_scale)
+    run.record_precision(f"{rollout.engine} engine", rollout.precision)
+    result, samples = evaluate(cfg, rollout, prefix)
     result["model"] = model
     if cfg.lora_scale is not None:
         result["lora_scale"] = cfg.lora_scale

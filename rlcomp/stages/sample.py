@@ -94,6 +94,7 @@ def run(cfg: Config, run, model: str | None) -> None:
     import json
 
     from rlcomp.rewards import start_reward_service
+    from rlcomp.rollout import RolloutGroup
 
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to sample from")
@@ -104,22 +105,27 @@ def run(cfg: Config, run, model: str | None) -> None:
     chunks = run.stage_dir() / "chunks"
     chunks.mkdir(exist_ok=True)
     starts = range(0, len(examples), cfg.chunk)
-    rewards, files = None, []
-    for k, scale in enumerate(cfg.lora_scales or [None]):
-        names = [chunks / (f"{s:08d}.jsonl" if scale is None else f"scale{scale:g}-{s:08d}.jsonl") for s in starts]
-        files += names
-        todo = [(start, name) for start, name in zip(starts, names) if not name.is_file()]
-        if len(todo) < len(starts):
-            console.print(f"sample: {len(starts) - len(todo)} of {len(starts)} chunks"
-                          f"{'' if scale is None else f' at LoRA scale {scale:g}'} done in an earlier run, kept")
-        if not todo:
-            continue
-        rewards = rewards or start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
-        from rlcomp.learner import lora_merged
-
-        # MixChain: theta + scale * delta, merged into a copy for the engines
-        with lora_merged(model, scale, run.stage_dir() / "model_at_scale") as source:
-            sample_chunks(cfg, run, source, examples, todo, rewards, gold=cfg.include_gold and k == 0, scale=scale)
+    rewards, rollout, files = None, None, []
+    try:
+        for k, scale in enumerate(cfg.lora_scales or [None]):
+            names = [chunks / (f"{s:08d}.jsonl" if scale is None else f"scale{scale:g}-{s:08d}.jsonl") for s in starts]
+            files += names
+            todo = [(start, name) for start, name in zip(starts, names) if not name.is_file()]
+            if len(todo) < len(starts):
+                console.print(f"sample: {len(starts) - len(todo)} of {len(starts)} chunks"
+                              f"{'' if scale is None else f' at LoRA scale {scale:g}'} done in an earlier run, kept")
+            if not todo:
+                continue
+            rewards = rewards or start_reward_service(cfg.reward, num_cpus=cfg.reward_cpus)
+            if rollout is None:
+                rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, seed=run.seed,
+                                       prompt=cfg.prompt)
+                run.record_precision(f"{rollout.engine} engine", rollout.precision)
+            rollout.use_lora_scale(scale)  # MixChain: theta + scale * delta, pushed into the running engines
+            sample_chunks(cfg, run, rollout, examples, todo, rewards, gold=cfg.include_gold and k == 0, scale=scale)
+    finally:
+        if rollout is not None:
+            rollout.shutdown()
     every = [json.loads(line) for name in files for line in name.read_text().splitlines()]
     write_jsonl(run.stage_dir() / "samples.jsonl", every)
     summary = summarize(every)
@@ -134,27 +140,22 @@ def run(cfg: Config, run, model: str | None) -> None:
                   f"{summary['mean_shortest_correct_tokens']:.1f}); {run.stage_dir() / 'samples.jsonl'}")
 
 
-def sample_chunks(cfg: Config, run, model: str, examples: list, todo: list, rewards, gold: bool,
+def sample_chunks(cfg: Config, run, rollout, examples: list, todo: list, rewards, gold: bool,
                   scale: float | None) -> None:
-    """Generate, score and write each (start, file) chunk of `todo`."""
+    """Generate, score and write each (start, file) chunk of `todo` with the rollout group."""
     import ray
 
-    from rlcomp.rollout import RolloutGroup, SamplingParams
+    from rlcomp.rollout import SamplingParams
 
-    rollout = RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker, seed=run.seed, prompt=cfg.prompt)
-    run.record_precision(f"{rollout.engine} engine", rollout.precision)
-    try:
-        label = f"sample {run.stage}" + ("" if scale is None else f" (LoRA scale {scale:g})")
-        with progress(label, sum(len(examples[s : s + cfg.chunk]) for s, _ in todo)) as bar:
-            for start, name in todo:
-                params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        max_tokens=cfg.max_tokens, seed=run.seed + start)
-                part = examples[start : start + cfg.chunk]
-                groups = rollout.generate(part, params)
-                if gold:
-                    groups = [g + [gold_sample(e, rollout)] if e.response else g for e, g in zip(part, groups)]
-                groups = ray.get(rewards.score.remote(groups))
-                write_jsonl(name, rows(part, groups, cfg.level_key, scale))
-                bar.advance(len(groups))
-    finally:
-        rollout.shutdown()
+    label = f"sample {run.stage}" + ("" if scale is None else f" (LoRA scale {scale:g})")
+    with progress(label, sum(len(examples[s : s + cfg.chunk]) for s, _ in todo)) as bar:
+        for start, name in todo:
+            params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_tokens=cfg.max_tokens, seed=run.seed + start)
+            part = examples[start : start + cfg.chunk]
+            groups = rollout.generate(part, params)
+            if gold:
+                groups = [g + [gold_sample(e, rollout)] if e.response else g for e, g in zip(part, groups)]
+            groups = ray.get(rewards.score.remote(groups))
+            write_jsonl(name, rows(part, groups, cfg.level_key, scale))
+            bar.advance(len(groups))
