@@ -154,6 +154,15 @@ def test_the_end_head_stops_each_row_and_the_cap_stops_the_rest(tiny_model):
         finals.append(f)
     head, stats = train_end_head(finals, 50)
     assert stats["stops_at_k"] == 1.0 and stats["accuracy"] == 1.0
+    # one stop in 20 positions, told apart only noisily: the classes weigh alike, so the head still stops most
+    # rows by their k (unweighted, "never stop" would be 95% right and the head would hardly fire)
+    finals = []
+    for _ in range(40):
+        f = torch.randn(20, 4, generator=gen)
+        f[-1, 0] += 1.5
+        finals.append(f)
+    head, stats = train_end_head(finals, 50)
+    assert stats["stops_at_k"] + stats["stops_early"] > 0.8, stats
 
 
 @pytest.mark.e2e

@@ -184,8 +184,8 @@ def decode_batch(rows: list[Row], vectors: list, pad: int) -> dict:
 
 
 def train_end_head(finals: list, steps: int):
-    """The END head by logistic regression on phi's last-layer states (finals[b]: [k, D], the k-th labelled
-    stop), on standardised features folded back into the weights. Returns (EndHead, stats)."""
+    """The END head by class-balanced logistic regression on phi's last-layer states (finals[b]: [k, D], the k-th
+    labelled stop), on standardised features folded back into the weights. Returns (EndHead, stats)."""
     import torch
     import torch.nn.functional as F
 
@@ -199,9 +199,13 @@ def train_end_head(finals: list, steps: int):
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
+    # One stop per k positions: unweighted, "never stop" is already (k-1)/k right and the head rarely fires
+    # (measured at r 0.5: stopped at k on 0.4% of prompts); the classes weigh alike instead.
+    balance = (len(y) - y.sum()) / y.sum().clamp_min(1)
+
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(z @ w + b, y) + 1e-4 * w.square().sum()
+        loss = F.binary_cross_entropy_with_logits(z @ w + b, y, pos_weight=balance) + 1e-4 * w.square().sum()
         loss.backward()
         return loss
 
