@@ -61,13 +61,15 @@ def ccot_phi_loss(outputs: dict, batch: dict):
 
 
 def decode_forward(model, batch: dict) -> torch.Tensor:
+    """One pass on the token ids, the contemplation vectors put in place of their positions' embeddings as the
+    embedding layer returns them (inside the model's forward, where FSDP has the embedding's weights)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    pos = positions(mask)
-    with torch.no_grad():  # psi trains a LoRA adapter: the embedding is frozen (a pass on ids: FSDP gathers it)
-        embeds = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                       use_cache=False).hidden_states[0]
-    embeds = put_vectors(embeds, batch["ccot_at"], batch["ccot_valid"], batch["ccot_vectors"])
-    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).logits.float()
+    place = lambda module, args, out: put_vectors(out, batch["ccot_at"], batch["ccot_valid"], batch["ccot_vectors"])  # noqa: E731
+    hook = model.get_input_embeddings().register_forward_hook(place)
+    try:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False).logits.float()
+    finally:
+        hook.remove()
 
 
 register_loss("ccot_decode", requires=("targets", "ccot_at", "ccot_valid", "ccot_vectors"), normaliser="tokens",
