@@ -3,9 +3,9 @@
 A comparison file names a `start` (a model, or stages that make one), `methods` (each a list of stages, the
 same stage types as recipes) and one `eval` spec. The start is made first. Then every method runs from it as
 a Ray task of its own, several at once while the cluster has room for their actors (each method's peak
-resources, from its stages), else one after another; the start model itself is a row. Every model is
-evaluated with the same spec: greedy accuracy and tokens, and optionally sampled pass@1 / pass@k, overall and
-per level. A method whose first stages are another's (the same settings, e.g. CoT-Valve's delta under
+resources, from its stages), else one after another; the start model itself is a row. Then every model is
+evaluated with the same spec, in one rollout group whose workers switch from model to model: greedy accuracy
+and tokens, and optionally sampled pass@1 / pass@k, overall and per level. A method whose first stages are another's (the same settings, e.g. CoT-Valve's delta under
 CoT-Valve++) runs after it and takes those finished stages instead of repeating them (its train time still
 counts them; its wall time does not). A method that fails becomes a row saying why; `--resume` skips finished methods. Results go to
 compare.json, and from it (rlcomp/compare_report.py) compare.md, plots and report.html.
@@ -226,19 +226,31 @@ def link_shared(stages: list[str], source: Path, out: Path) -> list[str]:
     return linked
 
 
-def run_row(recipe_json: dict, out: str, resume: bool, functions: dict, resume_command: str) -> dict:
-    """One row, in a Ray task of its own: its stages from the start model, then the comparison's evals."""
+def training_part(recipe, config: CompareConfig):
+    """A row's recipe without the comparison's evals (those run afterwards, every row in one rollout group)."""
+    evals = {s["name"] for s in config.eval.stages()}
+    return recipe.model_copy(update={"stages": [s for s in recipe.stages if s.name not in evals]})
+
+
+def train_row(recipe_json: dict, out: str, resume: bool, functions: dict, resume_command: str) -> dict:
+    """One row's stages from the start model, in a Ray task of its own."""
     from rlcomp.pipeline import run_recipe
     from rlcomp.rewards.registry import REGISTRY
 
     REGISTRY.update(functions)  # the driver's @reward functions, as the reward service gets them
     started = time.time()
     summary = run_recipe(validate_recipe(recipe_json), out, resume=resume, resume_command=lambda _: resume_command)
-    stages = {}
-    for marker in sorted(Path(out, "stages").glob("*/done.json")):
-        stages[marker.parent.name] = json.loads(marker.read_text())
-    return {"evals": summary["evals"], "model": summary["final_model"], "started_at": started,
-            "finished_at": time.time(), "stages": stages}
+    return {"model": summary["final_model"], "started_at": started, "finished_at": time.time()}
+
+
+def evaluate_row(recipe, trained: dict, out: Path, rollouts, resume_command: str) -> dict:
+    """The comparison's evals of a trained row, in the driver, on the shared rollout group; the row's stages."""
+    from rlcomp.pipeline import run_recipe
+
+    started = time.time()
+    summary = run_recipe(recipe, out, resume=True, resume_command=lambda _: resume_command, rollouts=rollouts)
+    stages = {m.parent.name: json.loads(m.read_text()) for m in sorted(Path(out, "stages").glob("*/done.json"))}
+    return {**trained, "evals": summary["evals"], "eval_seconds": time.time() - started, "stages": stages}
 
 
 def row_result(name: str, recipe, finished: dict, config: CompareConfig, out: Path) -> dict:
@@ -257,7 +269,7 @@ def row_result(name: str, recipe, finished: dict, config: CompareConfig, out: Pa
     shared = {p.name: p.resolve().parent.parent.name for p in sorted((out / "stages").iterdir()) if p.is_symlink()}
     return {"method": name, "status": "ok", "model": finished["model"], "shared_stages": shared,
             "stages": [s.type for s in recipe.stages if s.name not in eval_names],
-            "wall_seconds": round(finished["finished_at"] - finished["started_at"], 1),
+            "wall_seconds": round(finished["finished_at"] - finished["started_at"] + finished["eval_seconds"], 1),
             "started_at": finished["started_at"], "finished_at": finished["finished_at"],
             "train_seconds": round(sum(s["seconds"] for s in trained.values()), 1),
             "train_tokens": sum(s.get("train_tokens", 0) for s in trained.values()), "results": results}
@@ -272,7 +284,8 @@ def failure_message(exc: BaseException) -> str:
 
 def schedule(pending: list[str], comparison: Comparison, start_model: str | None, out: Path,
              resume: bool, resume_command: str) -> dict[str, dict]:
-    """Run the pending rows as Ray tasks, starting each once the resources of the running ones leave room."""
+    """Train the pending rows as Ray tasks, starting each once the resources of the running ones leave room;
+    per row what train_row returned, or a failed row."""
     import ray
 
     from rlcomp.schema import add_resources
@@ -280,12 +293,18 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
     from rlcomp.rewards.registry import REGISTRY
 
     total = ray.cluster_resources()
-    task = ray.remote(num_cpus=0, max_retries=0)(run_row)
-    needs = {name: peak_resources(comparison.rows[name]) for name in pending}
+    task = ray.remote(num_cpus=0, max_retries=0)(train_row)
+    parts = {name: training_part(comparison.rows[name], comparison.config) for name in pending}
+    needs = {name: peak_resources(parts[name]) for name in pending}
     shares = shared_prefixes(comparison)
     running: dict = {}  # object ref -> (row, its peak resources)
     done: dict[str, dict] = {}
-    queue = list(pending)
+    queue = []
+    for name in pending:  # a row with nothing to train (the start row) is its start model
+        if parts[name].stages:
+            queue.append(name)
+        else:
+            done[name] = {"model": start_model, "started_at": time.time(), "finished_at": time.time()}
     while queue or running:
         for name in list(queue):
             provider = shares.get(name, (None,))[0]
@@ -296,7 +315,7 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
             if len(running) >= (comparison.config.max_concurrent or len(queue) + len(running)):
                 break
             if fits or not running:  # alone it may still not fit: its stage then says so, in its row
-                recipe = comparison.rows[name].model_dump(mode="json")
+                recipe = parts[name].model_dump(mode="json")
                 recipe["model"] = start_model
                 linked = link_shared(shares[name][1], out / "methods" / provider,
                                      out / "methods" / name) if provider else []
@@ -312,13 +331,44 @@ def schedule(pending: list[str], comparison: Comparison, start_model: str | None
         ready, _ = ray.wait(list(running), num_returns=1)
         name, _ = running.pop(ready[0])
         try:
-            done[name] = row_result(name, comparison.rows[name], ray.get(ready[0]), comparison.config,
-                                    out / "methods" / name)
-            console.print(f"compare: {name} finished")
+            done[name] = ray.get(ready[0])
+            console.print(f"compare: {name} trained")
         except Exception as exc:  # a failed method is a row; the others go on
-            done[name] = {"method": name, "status": "failed", "error": failure_message(exc)}
-            console.print(f"[red]compare: {name} failed:[/] {done[name]['error']}")
+            done[name] = failed_row(name, exc)
     return done
+
+
+def failed_row(name: str, exc: BaseException) -> dict:
+    from rlcomp.report import console
+
+    row = {"method": name, "status": "failed", "error": failure_message(exc)}
+    console.print(f"[red]compare: {name} failed:[/] {row['error']}")
+    return row
+
+
+def evaluate_rows(trained: dict[str, dict], comparison: Comparison, start_model: str | None, out: Path,
+                  resume_command: str) -> dict[str, dict]:
+    """Every trained row evaluated alike, one after another in one rollout group (each model switched into its
+    running workers): one engine start for the comparison rather than one per row."""
+    from rlcomp.pipeline import SharedRollout
+    from rlcomp.report import console
+
+    rows, rollouts = {}, SharedRollout()
+    try:
+        for name, finished in trained.items():
+            if finished.get("status") == "failed":
+                rows[name] = finished
+                continue
+            recipe = comparison.rows[name].model_copy(update={"model": start_model})
+            try:
+                evaluated = evaluate_row(recipe, finished, out / "methods" / name, rollouts, resume_command)
+                rows[name] = row_result(name, comparison.rows[name], evaluated, comparison.config, out / "methods" / name)
+                console.print(f"compare: {name} finished")
+            except Exception as exc:
+                rows[name] = failed_row(name, exc)
+    finally:
+        rollouts.close()
+    return rows
 
 
 def run_compare(comparison: Comparison, output_dir: str | Path | None = None, resume: bool = False,
@@ -350,7 +400,8 @@ def run_compare(comparison: Comparison, output_dir: str | Path | None = None, re
     for name in rows:
         console.print(f"compare: {name} finished in an earlier run, skipped")
     pending = [name for name in comparison.rows if name not in rows]
-    rows.update(schedule(pending, comparison, start_model, out, resume, again))
+    trained = schedule(pending, comparison, start_model, out, resume, again)
+    rows.update(evaluate_rows({name: trained[name] for name in pending}, comparison, start_model, out, again))
     result = {"comparison": "rlcomp compare", "start_model": start_model, "datasets": list(config.eval.datasets()),
               "eval": config.eval.model_dump(mode="json"), "machine": machine_info(),
               "seconds": round(time.time() - started + previous.get("seconds", 0), 1),  # over every resumed run

@@ -20,6 +20,28 @@ from rlcomp.config import RecipeError, StageError, data_specs
 from rlcomp.report import MetricLogger, console, eval_table, write_atomic, write_json
 
 
+class SharedRollout:
+    """An evaluation rollout group kept from one eval stage to the next: starting an engine (vLLM on a GPU: tens
+    of seconds) costs more than a small evaluation. Eval stages with the same engine settings share it, a new
+    model switched into the running workers (rows of a comparison, LoRA scales, `model: start`); other settings
+    start a new group, and any other stage closes it (its resources go to training)."""
+
+    def __init__(self):
+        self.key, self.group = None, None
+
+    def get(self, model: str, key: tuple, make: Callable[[], Any]):
+        if self.group is not None and (self.key != key or not self.group.switch(model)):
+            self.close()
+        if self.group is None:
+            self.key, self.group = key, make()
+        return self.group
+
+    def close(self) -> None:
+        if self.group is not None:
+            group, self.key, self.group = self.group, None, None
+            group.shutdown()
+
+
 @dataclass
 class Run:
     """What a stage sees of the run: where to write, the seed, the logger and the evaluations so far."""
@@ -33,27 +55,13 @@ class Run:
     resume: bool = False  # continue an interrupted run in output_dir: skip finished stages, load checkpoints
     train_tokens: int = 0  # tokens the current stage has trained on (prompts and responses), for comparisons
     start_model: str | None = None  # what the recipe started from: its `model`, else the first stage's output
-    rollout: tuple | None = None  # (key, RolloutGroup) kept from one eval stage to the next (shared_rollout)
+    rollouts: SharedRollout = field(default_factory=SharedRollout)  # eval stages' workers (a comparison's, shared)
 
     def stage_dir(self) -> Path:
         path = self.output_dir / "stages" / self.stage
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def shared_rollout(self, key: tuple, make: Callable[[], Any]):
-        """Consecutive eval stages with the same model and engine settings share one rollout group: starting an
-        engine (vLLM on a GPU: tens of seconds) costs more than a small evaluation. Another key, or any other
-        stage, shuts it down."""
-        if self.rollout is not None and self.rollout[0] != key:
-            self.end_rollout()
-        if self.rollout is None:
-            self.rollout = (key, make())
-        return self.rollout[1]
-
-    def end_rollout(self) -> None:
-        if self.rollout is not None:
-            rollout, self.rollout = self.rollout[1], None
-            rollout.shutdown()
 
     def data(self, spec):
         """A stage's data spec as it loads: `from_stage` resolved to that stage's samples.jsonl in this run."""
@@ -153,10 +161,12 @@ def stage_input(given: str | None, run: Run, previous: str | None) -> str | None
 
 
 def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = False,
-               resume_command: Callable[[Path], str] = default_resume_command) -> dict:
+               resume_command: Callable[[Path], str] = default_resume_command,
+               rollouts: SharedRollout | None = None) -> dict:
     """Run every stage of a validated recipe; returns the summary (also written to summary.json).
     With `resume`, stages that finished in `output_dir` are skipped and an interrupted stage continues from
-    its last checkpoint. A failing stage raises StageError (one line; traceback in output_dir/error.log)."""
+    its last checkpoint. A failing stage raises StageError (one line; traceback in output_dir/error.log).
+    `rollouts`: eval workers the caller keeps beyond this run (a comparison's rows share them)."""
     from rlcomp.stages import STAGES
 
     check_data(recipe)
@@ -164,7 +174,8 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     init_ray(recipe.cluster.address, recipe.cluster.num_cpus)
-    run = Run(output_dir=out, seed=recipe.seed, logger=MetricLogger(out / "tensorboard"), resume=resume)
+    run = Run(output_dir=out, seed=recipe.seed, logger=MetricLogger(out / "tensorboard"), resume=resume,
+              rollouts=rollouts or SharedRollout())
     if resume and (out / "summary.json").is_file():
         earlier = json.loads((out / "summary.json").read_text())
         run.evals, run.precision = earlier["evals"], earlier.get("precision", {})
@@ -180,13 +191,13 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
                 console.print(f"stage {stage.name}: finished in an earlier run, skipped")
                 continue
             if stage.type != "eval":
-                run.end_rollout()
+                run.rollouts.close()
             console.rule(f"[bold]stage {stage.name}[/] ({stage.type})")
             stage_started, run.train_tokens = time.time(), 0
             try:
                 produced = STAGES[stage.type].run(stage, run, stage_input(stage.model, run, model))
             except Exception as exc:
-                run.end_rollout()
+                run.rollouts.close()
                 raise stage_error(stage.name, exc, out, resume_command(out)) from exc
             finally:
                 HELD.clear()  # a stage's actors end with it (a shared rollout group is placed already)
@@ -197,7 +208,8 @@ def run_recipe(recipe, output_dir: str | Path | None = None, resume: bool = Fals
             console.print(f"stage {stage.name} done in {time.time() - stage_started:.0f}s" +
                           (f"; model: {produced}" if produced else ""))
     finally:
-        run.end_rollout()
+        if rollouts is None:
+            run.rollouts.close()
         run.logger.close()
     run.write_summary(final_model=model, seconds=round(time.time() - started, 1))
     if run.evals:

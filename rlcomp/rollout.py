@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -162,6 +163,7 @@ class VLLMEngine:
         from rlcomp.device import engine_precision
 
         self.precision = engine_precision(device)
+        self.model_path = model_path
         self.llm = LLM(model=model_path, seed=seed, dtype="bfloat16" if self.precision["used"] == "bf16" else "float32",
                        enforce_eager=device == "cpu", gpu_memory_utilization=0.5, enable_prefix_caching=True,
                        enable_sleep_mode=sleep)
@@ -181,6 +183,25 @@ class VLLMEngine:
         # The CPU build rejects model.load_weights; reload_weights is the path that works on both builds.
         self.llm.collective_rpc(_reload_weights, args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+
+    def load_model(self, model_path: str) -> bool:
+        """Take another model's weights in place when its architecture and vocabulary are this engine's (a
+        comparison's rows); False when they are not (a new engine is then needed)."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        from rlcomp.models import load_tokenizer
+
+        def shape(path):
+            return {k: v for k, v in AutoConfig.from_pretrained(path).to_dict().items() if not k.startswith("_")}
+
+        files = sorted(Path(model_path).glob("*.safetensors"))
+        if not files or shape(model_path) != shape(self.model_path) or \
+                load_tokenizer(model_path).get_vocab() != self.tokenizer.get_vocab():
+            return False
+        self.load_weights((name, tensor) for f in files for name, tensor in load_file(f).items())
+        self.model_path = model_path
+        return True
 
     def generate(self, examples: list[Example], params: SamplingParams) -> list[list[Sample]]:
         self._wake(["weights", "kv_cache"])
@@ -238,6 +259,13 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state_dict.items())
 
+    def load_model(self, model_path: str) -> bool:
+        """Generate with another model from now on, in this process; False where the engine cannot."""
+        if isinstance(self.engine, HFEngine):  # loading a small model costs less than starting a process
+            self.engine = HFEngine(model_path, str(self.device))
+            return True
+        return self.engine.load_model(model_path)
+
     def join_weight_group(self, address: str, port: int, rank: int, size: int) -> None:
         from rlcomp.weight_sync import weight_group
 
@@ -255,6 +283,17 @@ class RolloutWorker:
         return pad, self.engine.precision
 
 
+def engine_for(model_path: str, engine: str) -> str:
+    """The engine that generates for this model: a model thinking in hidden states needs the hf engine."""
+    if (kind := latent_kind(model_path)) and engine != "hf":
+        if engine == "vllm":
+            method = "Coconut" if kind == "coconut" else "CCoT"
+            raise ValueError(f"{model_path} thinks in hidden states (a {method} model): generate with "
+                             "engine: hf (or auto)")
+        return "hf"
+    return resolve_engine(engine)
+
+
 class RolloutGroup:
     """Driver-side handle on N rollout workers: splits prompts among them, returns groups in input order."""
 
@@ -267,13 +306,7 @@ class RolloutGroup:
         from rlcomp.models import load_tokenizer
 
         device = "cuda" if gpus_per_worker else "cpu"
-        if (kind := latent_kind(model_path)) and engine != "hf":  # thinking in hidden states: the hf engine does it
-            if engine == "vllm":
-                method = "Coconut" if kind == "coconut" else "CCoT"
-                raise ValueError(f"{model_path} thinks in hidden states (a {method} model): generate with "
-                                 "engine: hf (or auto)")
-            engine = "hf"
-        engine = resolve_engine(engine)
+        self.asked_engine, engine = engine, engine_for(model_path, engine)
         # Prompts are rendered here, once, so that every engine and worker gets the same token ids.
         self.renderer = PromptRenderer(load_tokenizer(model_path), prompt)
         bundle = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
@@ -281,7 +314,7 @@ class RolloutGroup:
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         self.workers = [name_actor(actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep),
                                    f"rollout worker {i}") for i in range(workers)]
-        self.engine = engine
+        self.engine, self.prompt = engine, prompt
         self.model_path, self.lora_scale = model_path, None
         try:  # an actor that cannot be scheduled would otherwise wait forever
             self.pad_token_id, self.precision = ray.get(self.workers[0].describe.remote(), timeout=PLACEMENT_TIMEOUT_S)
@@ -323,6 +356,27 @@ class RolloutGroup:
         import ray
 
         ray.get([w.load_weights.remote(state_dict) for w in self.workers])
+
+    def switch(self, model_path: str) -> bool:
+        """Generate with another model in the running workers (a comparison evaluates every row with one group:
+        no engine start per row); False where the engine cannot take it (then start a new group)."""
+        import ray
+
+        from rlcomp.models import load_tokenizer
+
+        if model_path == self.model_path:  # its LoRA scale is use_lora_scale's
+            return True
+        try:
+            if engine_for(model_path, self.asked_engine) != self.engine:  # after a latent model, vLLM again
+                return False
+        except ValueError:  # a new group says why it cannot
+            return False
+        if not all(ray.get([w.load_model.remote(model_path) for w in self.workers])):
+            return False
+        self.renderer = PromptRenderer(load_tokenizer(model_path), self.prompt)
+        self.pad_token_id, self.precision = ray.get(self.workers[0].describe.remote())
+        self.model_path, self.lora_scale = model_path, None
+        return True
 
     def use_lora_scale(self, scale: float | None) -> None:
         """Generate with theta + scale * delta of the LoRA-trained model the group started from (CoT-Valve's

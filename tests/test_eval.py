@@ -48,9 +48,11 @@ def test_rlcomp_eval_reports_pass_at_k_and_levels(tiny_model, tmp_path):
     assert "pass@4" in result.stdout
 
 
-def test_consecutive_eval_stages_share_one_rollout_group_until_another_stage(ray_cluster, tiny_model, tmp_path):
+def test_eval_stages_share_one_rollout_group_switching_models_until_other_settings(ray_cluster, tiny_model, tmp_path):
+    from rlcomp.models import make_tiny_model
     from rlcomp.pipeline import Run
     from rlcomp.report import MetricLogger
+    from rlcomp.rollout import RolloutGroup, SamplingParams
     from rlcomp.stages import eval as eval_stage
 
     run = Run(output_dir=tmp_path, seed=0, logger=MetricLogger(tmp_path / "tb"))
@@ -58,14 +60,38 @@ def test_consecutive_eval_stages_share_one_rollout_group_until_another_stage(ray
     sampled = greedy.model_copy(update={"name": "sampled", "n": 2, "temperature": 1.0})
     run.stage = "greedy"
     eval_stage.run(greedy, run, tiny_model)
-    first = run.rollout[1]
+    first, workers = run.rollouts.group, list(run.rollouts.group.workers)
     run.stage = "sampled"
     eval_stage.run(sampled, run, tiny_model)
-    assert run.rollout[1] is first  # the same workers: no second engine start
+    assert run.rollouts.group is first  # the same workers: no second engine start
     assert [e["samples"] for e in run.evals] == [4, 8]
-    other = greedy.model_copy(update={"name": "wider", "workers": 2})  # other settings: a new group
+    # Another model (as a comparison's next row) is switched into the running workers, and writes what a group
+    # started on it writes.
+    other_model = str(make_tiny_model(tmp_path / "other", hidden_size=64, num_layers=2, num_heads=2,
+                                      intermediate_size=128, max_position_embeddings=256, seed=7))
+    run.stage = "other"
+    eval_stage.run(greedy.model_copy(update={"name": "other"}), run, other_model)
+    assert run.rollouts.group is first and first.workers == workers and first.model_path == other_model
+    # The switched workers compute the other model's log-probs, as a group started on it does (random tiny models
+    # write alike tokens; their log-probs differ).
+    from rlcomp.data import DataSpec, load_examples
+
+    examples, params = load_examples(DataSpec(**greedy.data.model_dump())), SamplingParams(max_tokens=8, logprobs=True)
+    switched = [g[0] for g in first.generate(examples, params)]
+    fresh = RolloutGroup(other_model, "hf")
+    try:
+        expected = [g[0] for g in fresh.generate(examples, params)]
+    finally:
+        fresh.shutdown()
+    assert [s.response_ids for s in switched] == [s.response_ids for s in expected]
+    flat = lambda samples: [x for s in samples for x in s.logprobs]  # noqa: E731
+    assert flat(switched) == pytest.approx(flat(expected), abs=1e-5)
+    first.switch(tiny_model)
+    own = [g[0] for g in first.generate(examples, params)]
+    assert flat(own) != pytest.approx(flat(expected), abs=1e-3)
+    wider = greedy.model_copy(update={"name": "wider", "workers": 2})  # other settings: a new group
     run.stage = "wider"
-    eval_stage.run(other, run, tiny_model)
-    assert run.rollout[1] is not first and len(run.rollout[1].workers) == 2
-    run.end_rollout()
-    assert run.rollout is None
+    eval_stage.run(wider, run, tiny_model)
+    assert run.rollouts.group is not first and len(run.rollouts.group.workers) == 2
+    run.rollouts.close()
+    assert run.rollouts.group is None

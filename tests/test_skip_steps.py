@@ -38,6 +38,8 @@ def test_merged_steps_on_hand_examples():
             assert count_steps(short, ";") == e.extra["n_steps"] - 1 and task.check(short, e.answer)
             first = shorter_by_one(task, e, random.Random(0))  # the default: the first two steps merged
             assert first == task.chunked(e.prompt, [2] + [1] * (e.extra["n_steps"] - 2))
+            last = shorter_by_one(task, e, random.Random(0), "last")
+            assert last == task.chunked(e.prompt, [1] * (e.extra["n_steps"] - 2) + [2])
     with pytest.raises(ValueError, match="cannot split '347\\+285=' into steps of \\[2\\]"):
         addition.chunked("347+285=", [2])
 

@@ -115,10 +115,10 @@ def run(cfg: Config, run, model: str | None) -> None:
     if model is None:
         raise ValueError(f"stage {run.stage}: no model to evaluate")
     prefix = condition_prefix(model, cfg.condition)
-    # Consecutive eval stages of one model share its rollout workers (Run.shared_rollout), LoRA scales included.
-    settings = (model, cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.prompt and cfg.prompt.model_dump_json())
-    rollout = run.shared_rollout(settings, lambda: RolloutGroup(model, cfg.engine, cfg.workers, cfg.gpus_per_worker,
-                                                                prompt=cfg.prompt))
+    # Consecutive eval stages share their rollout workers (SharedRollout), models and LoRA scales switched in them.
+    settings = (cfg.engine, cfg.workers, cfg.gpus_per_worker, cfg.prompt and cfg.prompt.model_dump_json())
+    rollout = run.rollouts.get(model, settings, lambda: RolloutGroup(model, cfg.engine, cfg.workers,
+                                                                     cfg.gpus_per_worker, prompt=cfg.prompt))
     rollout.use_lora_scale(cfg.lora_scale)
     run.record_precision(f"{rollout.engine} engine", rollout.precision)
     result, samples = evaluate(cfg, rollout, prefix)

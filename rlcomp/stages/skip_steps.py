@@ -32,9 +32,10 @@ class Config(sft.Config):
     step_separator: str = ";"
     skips: list[int] = [1, 2]  # ask for N-1 and N-2 steps (each when at least one step is left)
     warm_start: bool = True  # round 0 also sees hand-made solutions one step shorter (the task's `chunked`)
-    # Which two steps the warm start merges. Greedy decoding follows a fixed place ("first"); merged at a random
-    # place, each step is more likely unmerged, so a greedy model asked for N-1 steps writes all N (measured).
-    warm_start_merge: Literal["first", "random"] = "first"
+    # Which two steps the warm start merges. Greedy decoding follows a fixed place; merged at a random place, each
+    # step is more likely unmerged, so a greedy model asked for N-1 steps writes all N (measured). "last": the
+    # step numbered n (the count asked for) does all that is left, a choice made by comparing two numbers in view.
+    warm_start_merge: Literal["first", "last", "random"] = "first"
     standard: bool = True  # per round, a model trained without step counts, evaluated in and out of domain
     eval_data: DataSpec | None = None  # in domain; default: the training task's test split, 500 problems
     ood_data: DataSpec | None = None  # out of domain (e.g. longer problems: `options: {digits: 5}`)
@@ -88,10 +89,11 @@ def keep(correct: bool, steps: int, asked: int, full: int) -> bool:
 
 
 def shorter_by_one(task, example, rng: random.Random, where: str = "first") -> str:
-    """A hand-made solution with two adjacent steps merged (the warm start): the first two, or a random pair."""
+    """A hand-made solution with two adjacent steps merged (the warm start): the first two, the last two, or a
+    random pair."""
     n = example.extra["n_steps"]
     sizes = [1] * (n - 1)
-    sizes[0 if where == "first" else rng.randrange(n - 1)] = 2
+    sizes[rng.randrange(n - 1) if where == "random" else 0 if where == "first" else n - 2] = 2
     return task.chunked(example.extra.get("question", example.prompt), sizes)
 
 
