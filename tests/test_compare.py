@@ -104,7 +104,7 @@ def test_comparison_side_by_side_with_a_failure_and_resume(ray_cluster, tmp_path
     assert list(rows) == ["start", "terse", "grpo", "terse_merge", "broken"]
     assert rows["broken"]["status"] == "failed" and "fewer than batch_size" in rows["broken"]["error"]
     assert all(rows[m]["status"] == "ok" for m in ("start", "terse", "grpo"))
-    # 8 logical CPUs hold the start row's eval, the SFT learner and the RL stage at once: they overlapped.
+    # 8 logical CPUs hold the SFT learner and the RL stage at once: they overlapped.
     terse, grpo = rows["terse"], rows["grpo"]
     assert terse["started_at"] < grpo["finished_at"] and grpo["started_at"] < terse["finished_at"]
     assert terse["train_tokens"] > 0 and grpo["train_tokens"] > 0 and rows["start"]["train_tokens"] == 0
