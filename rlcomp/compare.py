@@ -5,10 +5,11 @@ same stage types as recipes) and one `eval` spec. The start is made first. Then 
 a Ray task of its own, several at once while the cluster has room for their actors (each method's peak
 resources, from its stages), else one after another; the start model itself is a row. Then every model is
 evaluated with the same spec, in one rollout group whose workers switch from model to model: greedy accuracy
-and tokens, and optionally sampled pass@1 / pass@k, overall and per level. A method whose first stages are another's (the same settings, e.g. CoT-Valve's delta under
-CoT-Valve++) runs after it and takes those finished stages instead of repeating them (its train time still
-counts them; its wall time does not). A method that fails becomes a row saying why; `--resume` skips finished methods. Results go to
-compare.json, and from it (rlcomp/compare_report.py) compare.md, plots and report.html.
+and tokens, and optionally sampled pass@1 / pass@k, overall and per level. A method whose first stages are
+another's (the same settings, e.g. CoT-Valve's delta under CoT-Valve++) runs after it and takes those finished
+stages instead of repeating them (its train time still counts them; its wall time does not). A method that
+fails becomes a row saying why; `--resume` skips finished methods. Results go to compare.json, and from it
+(rlcomp/compare_report.py) compare.md, plots and report.html.
 """
 from __future__ import annotations
 

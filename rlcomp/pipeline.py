@@ -62,7 +62,6 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-
     def data(self, spec):
         """A stage's data spec as it loads: `from_stage` resolved to that stage's samples.jsonl in this run."""
         if not spec.from_stage:
