@@ -65,6 +65,11 @@ def test_eval_stages_share_one_rollout_group_switching_models_until_other_settin
     eval_stage.run(sampled, run, tiny_model)
     assert run.rollouts.group is first  # the same workers: no second engine start
     assert [e["samples"] for e in run.evals] == [4, 8]
+    run.stage = "sampled_again"  # seeded per evaluation: the same draws after the workers sampled before
+    eval_stage.run(sampled.model_copy(update={"name": "sampled_again"}), run, tiny_model)
+    responses = lambda stage: [json.loads(line)["response"]  # noqa: E731
+                               for line in (tmp_path / "stages" / stage / "samples.jsonl").read_text().splitlines()]
+    assert responses("sampled_again") == responses("sampled") and len(set(responses("sampled"))) > 1
     # Another model (as a comparison's next row) is switched into the running workers, and writes what a group
     # started on it writes.
     other_model = str(make_tiny_model(tmp_path / "other", hidden_size=64, num_layers=2, num_heads=2,

@@ -21,6 +21,9 @@ class Config(StageConfig):
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, gt=0)  # samples per prompt (accuracy is averaged over them)
+    # Sampling is seeded per evaluation, so that what the workers generated before (a comparison's other rows, on
+    # the same workers) does not change what this one draws.
+    seed: int = Field(0, ge=0)
     workers: int = Field(1, gt=0)  # rollout workers, one CPU (or GPU) each
     gpus_per_worker: float = Field(0, ge=0)
     batch_size: int = Field(128, gt=0)
@@ -84,7 +87,7 @@ def evaluate(cfg: Config, rollout, prefix: str | None = None) -> tuple[dict, lis
 
     examples = apply_condition(load_examples(cfg.data, cfg.prompt), prefix)
     params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                            batch_size=cfg.batch_size)
+                            batch_size=cfg.batch_size, seed=cfg.seed)
     with progress(f"eval {cfg.data.dataset}", len(examples)) as bar:
         groups = rollout.generate(examples, params, chunk=cfg.batch_size, on_done=bar.advance)
     samples = [s for g in groups for s in g]
