@@ -49,6 +49,7 @@ def test_rlcomp_eval_reports_pass_at_k_and_levels(tiny_model, tmp_path):
 
 
 def test_eval_stages_share_one_rollout_group_switching_models_until_other_settings(ray_cluster, tiny_model, tmp_path):
+    from rlcomp.data import DataSpec, load_examples
     from rlcomp.models import make_tiny_model
     from rlcomp.pipeline import Run
     from rlcomp.report import MetricLogger
@@ -79,8 +80,6 @@ def test_eval_stages_share_one_rollout_group_switching_models_until_other_settin
     assert run.rollouts.group is first and first.workers == workers and first.model_path == other_model
     # The switched workers compute the other model's log-probs, as a group started on it does (random tiny models
     # write alike tokens; their log-probs differ).
-    from rlcomp.data import DataSpec, load_examples
-
     examples, params = load_examples(DataSpec(**greedy.data.model_dump())), SamplingParams(max_tokens=8, logprobs=True)
     switched = [g[0] for g in first.generate(examples, params)]
     fresh = RolloutGroup(other_model, "hf")
