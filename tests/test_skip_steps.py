@@ -74,6 +74,10 @@ def test_skip_steps_recipe_smoke_run(ray_cluster, tmp_path):
     asked = rounds[1]["generated"]
     assert 0 < asked["asked"] <= 2 * train and 0 <= asked["kept"] <= asked["right"] <= asked["asked"]
     assert rounds[1]["train_examples"] == train + asked["kept"]
+    assert set(asked["kept_by_skip"]) == {"n_minus_1", "n_minus_2"}
+    assert sum(asked["kept_by_skip"].values()) == asked["kept"]
+    kept = [json.loads(line) for line in (stage / "round1_kept.jsonl").read_text().splitlines()]
+    assert len(kept) == asked["kept"] and all(k["response"] and k["prompt"] for k in kept)
     for r in rounds:
         assert 0 <= r["in_domain"]["accuracy"] <= 1 and r["in_domain"]["n"] == 8 and "out_of_domain" in r
         assert (stage / f"round{r['round']}" / "model" / "config.json").is_file()

@@ -124,6 +124,8 @@ def run(cfg: Config, run, model: str | None) -> str:
             row = {"round": i}
             if i > 0:
                 kept, row["generated"] = generate(cfg, run, previous, train)
+                write_jsonl(run.stage_dir() / f"round{i}_kept.jsonl",  # what the round learns from, to read
+                            [{"prompt": e.prompt, "response": e.response, "answer": e.answer} for e in kept])
                 data = full + kept
             row["train_examples"] = len(data)
             row["train_mean_steps"] = sum(count_steps(e.response, sep) for e in data) / len(data)
@@ -161,10 +163,14 @@ def generate(cfg: Config, run, model: str, train: list) -> tuple[list, dict]:
         rollout.shutdown()
     responses = [g[0].response for g in groups]
     right = correctness(cfg.data.default_verifier(), responses, [e.answer for e, _ in asks])
-    kept = [replace(asked(cfg, e, n), response=r) for (e, n), r, ok in zip(asks, responses, right)
-            if keep(ok >= 0.5, count_steps(r, cfg.step_separator), n, e.extra["n_steps"])]
+    # Per skip: whether the model answers in N-2 steps at all is what lets later rounds go further.
+    kept, by_skip = [], {f"n_minus_{k}": 0 for k in cfg.skips}
+    for (e, n), r, ok in zip(asks, responses, right):
+        if keep(ok >= 0.5, count_steps(r, cfg.step_separator), n, e.extra["n_steps"]):
+            kept.append(replace(asked(cfg, e, n), response=r))
+            by_skip[f"n_minus_{e.extra['n_steps'] - n}"] += 1
     steps = [count_steps(e.response, cfg.step_separator) for e in kept]
-    return kept, {"asked": len(asks), "right": sum(x >= 0.5 for x in right), "kept": len(kept),
+    return kept, {"asked": len(asks), "right": sum(x >= 0.5 for x in right), "kept": len(kept), "kept_by_skip": by_skip,
                   "kept_mean_steps": sum(steps) / len(steps) if steps else None}
 
 
