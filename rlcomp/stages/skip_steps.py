@@ -124,7 +124,7 @@ def run(cfg: Config, run, model: str | None) -> str:
             row = {"round": i}
             if i > 0:
                 kept, row["generated"] = generate(cfg, run, previous, train)
-                write_jsonl(run.stage_dir() / f"round{i}_kept.jsonl",  # what the round learns from, to read
+                write_jsonl(run.stage_dir() / f"round{i}_kept.jsonl",  # the answers this round adds, to read
                             [{"prompt": e.prompt, "response": e.response, "answer": e.answer} for e in kept])
                 data = full + kept
             row["train_examples"] = len(data)
