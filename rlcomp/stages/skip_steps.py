@@ -164,12 +164,12 @@ def generate(cfg: Config, run, model: str, train: list) -> tuple[list, dict]:
     responses = [g[0].response for g in groups]
     right = correctness(cfg.data.default_verifier(), responses, [e.answer for e, _ in asks])
     # Per skip: whether the model answers in N-2 steps at all is what lets later rounds go further.
-    kept, by_skip = [], {f"n_minus_{k}": 0 for k in cfg.skips}
+    kept, steps, by_skip = [], [], {f"n_minus_{k}": 0 for k in cfg.skips}
     for (e, n), r, ok in zip(asks, responses, right):
         if keep(ok >= 0.5, count_steps(r, cfg.step_separator), n, e.extra["n_steps"]):
             kept.append(replace(asked(cfg, e, n), response=r))
+            steps.append(n)  # kept answers have exactly the asked number of steps
             by_skip[f"n_minus_{e.extra['n_steps'] - n}"] += 1
-    steps = [count_steps(e.response, cfg.step_separator) for e in kept]
     return kept, {"asked": len(asks), "right": sum(x >= 0.5 for x in right), "kept": len(kept), "kept_by_skip": by_skip,
                   "kept_mean_steps": sum(steps) / len(steps) if steps else None}
 
