@@ -25,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A Ray head of its own (own temp dir, ports, process group), stopped by its process group, never
     `ray stop` (which stops every Ray on the machine). 8 logical CPUs on this 2-core machine, as rlcomp's own
@@ -89,4 +89,6 @@ def test_ray_job_short_form_runs_an_executable_recipe(ray_head, tmp_path):
     assert "rl o1_pruner (o1_pruner)" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["evals"] and all(e["n"] > 0 for e in summary["evals"])
-    assert (tmp_path / "run" / "stages" / "o1_pruner" / "reference_table.jsonl").is_file()
+    stage = tmp_path / "run" / "stages" / "o1_pruner"
+    assert (stage / "reference_table.jsonl").is_file() and (stage / "model" / "config.json").is_file()
+    assert len((stage / "steps.jsonl").read_text().splitlines()) == 2  # the smoke form's max_steps

@@ -40,7 +40,7 @@ def test_comparison_smoke_run(ray_cluster, name, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", RL_RECIPES)
+@pytest.mark.parametrize("name", [r for r in RL_RECIPES if r != "o1_pruner.yaml"])  # that one: tests/test_ray_job.py
 def test_smoke_run(ray_cluster, name, tmp_path):
     recipe = load_recipe(Path("recipes") / name, smoke=True)
     run_recipe(recipe, tmp_path)
