@@ -44,6 +44,26 @@ def test_merged_steps_on_hand_examples():
         addition.chunked("347+285=", [2])
 
 
+def test_the_cancelling_warm_start_merges_only_steps_that_undo_each_other():
+    direction = TASKS["direction"]
+    assert direction.cancelling("N:L,R,A,A,L=") == [0, 2]  # L R, then A A; R A and A L turn
+    assert direction.cancelling("N:L,L,A,R=") == []
+    examples = direction.generate(50, cot="terse")
+    has_pair = [bool(direction.cancelling(e.prompt)) for e in examples]
+    assert any(has_pair) and not all(has_pair)
+    for e in examples:
+        short = shorter_by_one(direction, e, random.Random(0), "cancelling")
+        if not direction.cancelling(e.prompt):
+            assert short is None
+            continue
+        assert count_steps(short, ";") == e.extra["n_steps"] - 1 and direction.check(short, e.answer)
+        [merged] = [step.split() for step in short.split("; ") if len(step.split()[1]) == 2]  # doing two turns
+        before, after = merged[2].split(">")
+        assert merged[1] in ("LR", "RL", "AA") and before == after
+    with pytest.raises(ValueError, match="task 'addition' has no steps that cancel"):
+        Config(name="s", data={"dataset": "addition", "cot": "terse"}, warm_start_merge="cancelling")
+
+
 def test_config_errors_name_the_field():
     data = {"dataset": "addition", "cot": "terse"}
     with pytest.raises(ValueError, match="step_prompt must hold both"):

@@ -103,6 +103,14 @@ class Task:
         skip steps: hand-made shorter solutions); sizes of 1 give the terse form."""
         raise ValueError(f"task {self.name!r} cannot write solutions with merged steps")
 
+    @property
+    def has_cancelling(self) -> bool:
+        return type(self).cancelling is not Task.cancelling
+
+    def cancelling(self, prompt: str) -> list[int]:
+        """Where steps i and i + 1 of `prompt`'s solution cancel (the state after both is the state before)."""
+        raise ValueError(f"task {self.name!r} has no steps that cancel")
+
     @staticmethod
     def extract_answer(response: str) -> str | None:
         """The answer after the last `ans`, or None when there is none."""
@@ -232,6 +240,14 @@ class Direction(Task):
             steps.append(f"s{i + 1} {''.join(actions[done:done + k])} {face}>{new};")
             face, done = new, done + k
         return " ".join([*steps, f"ans {face}"])
+
+    def cancelling(self, prompt):
+        """L then R, R then L, A then A: `N:L,A,A=` -> [1]."""
+        found = re.fullmatch(r"([NESW]):([LRA](?:,[LRA])*)=", prompt)
+        if not found:
+            raise ValueError(f"{self.name}: not a direction problem: {prompt!r}")
+        actions = found.group(2).split(",")
+        return [i for i in range(len(actions) - 1) if actions[i] + actions[i + 1] in ("LR", "RL", "AA")]
 
 
 class MixedAddition(Addition):

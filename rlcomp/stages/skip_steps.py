@@ -35,7 +35,9 @@ class Config(sft.Config):
     # Which two steps the warm start merges. Greedy decoding follows a fixed place; merged at a random place, each
     # step is more likely unmerged, so a greedy model asked for N-1 steps writes all N (measured). "last": the
     # step numbered n (the count asked for) does all that is left, a choice made by comparing two numbers in view.
-    warm_start_merge: Literal["first", "last", "random"] = "first"
+    # "cancelling": a random pair of steps that cancel (direction: L R, R L, A A), as the paper's hand-made DR
+    # data does (tengxiaoliu/LM_skip data/DR/train.jsonl); problems without such a pair get no shorter solution.
+    warm_start_merge: Literal["first", "last", "random", "cancelling"] = "first"
     standard: bool = True  # per round, a model trained without step counts, evaluated in and out of domain
     eval_data: DataSpec | None = None  # in domain; default: the training task's test split, 500 problems
     ood_data: DataSpec | None = None  # out of domain (e.g. longer problems: `options: {digits: 5}`)
@@ -62,6 +64,9 @@ class Config(sft.Config):
             raise ValueError(f"warm_start: hand-made shorter solutions are written by the synthetic tasks "
                              f"({', '.join(sorted(TASKS))}), not {self.data.dataset or self.data.from_stage!r}; "
                              f"set warm_start: false")
+        if self.warm_start and self.warm_start_merge == "cancelling" and not TASKS[self.data.dataset].has_cancelling:
+            raise ValueError(f"warm_start_merge: cancelling: task {self.data.dataset!r} has no steps that cancel "
+                             f"(direction has); set first, last or random")
         return self
 
     @field_validator("skips")
@@ -88,13 +93,20 @@ def keep(correct: bool, steps: int, asked: int, full: int) -> bool:
     return correct and steps == asked and steps < full
 
 
-def shorter_by_one(task, example, rng: random.Random, where: str = "first") -> str:
-    """A hand-made solution with two adjacent steps merged (the warm start): the first two, the last two, or a
-    random pair."""
-    n = example.extra["n_steps"]
+def shorter_by_one(task, example, rng: random.Random, where: str = "first") -> str | None:
+    """A hand-made solution with two adjacent steps merged (the warm start): the first two, the last two, a
+    random pair, or a random pair that cancels (None where none does)."""
+    n, question = example.extra["n_steps"], example.extra.get("question", example.prompt)
+    if where == "cancelling":
+        places = task.cancelling(question)
+        if not places:
+            return None
+        at = rng.choice(places)
+    else:
+        at = rng.randrange(n - 1) if where == "random" else 0 if where == "first" else n - 2
     sizes = [1] * (n - 1)
-    sizes[rng.randrange(n - 1) if where == "random" else 0 if where == "first" else n - 2] = 2
-    return task.chunked(example.extra.get("question", example.prompt), sizes)
+    sizes[at] = 2
+    return task.chunked(question, sizes)
 
 
 def asked(cfg: Config, example, n: int):
@@ -112,8 +124,9 @@ def run(cfg: Config, run, model: str | None) -> str:
     in_domain = cfg.eval_data or DataSpec(dataset=cfg.data.dataset, split="test", n=500, options=cfg.data.options)
     full = [asked(cfg, e, e.extra["n_steps"]) for e in train]
     rng = random.Random(run.seed)
-    data = full + ([replace(asked(cfg, e, e.extra["n_steps"] - 1), response=shorter_by_one(task, e, rng, cfg.warm_start_merge))
-                    for e in train if e.extra["n_steps"] > 1] if cfg.warm_start else [])
+    shorter = [(e, shorter_by_one(task, e, rng, cfg.warm_start_merge))
+               for e in train if cfg.warm_start and e.extra["n_steps"] > 1]
+    data = full + [replace(asked(cfg, e, e.extra["n_steps"] - 1), response=r) for e, r in shorter if r is not None]
     rows_path = run.stage_dir() / "rounds.jsonl"
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if run.resume and rows_path.is_file() else []
     rows, previous = [], None
