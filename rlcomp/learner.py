@@ -162,11 +162,10 @@ class LearnerWorker:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
-    def setup(self, master: tuple[str, int], model_path: str, optim: OptimConfig | None, total_steps: int, seed: int,
+    def setup(self, address: str, port: int, model_path: str, optim: OptimConfig | None, total_steps: int, seed: int,
               head: str = "causal_lm"):
         from rlcomp.device import resolve_precision
 
-        address, port = master
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
                                 world_size=self.world_size)
@@ -367,10 +366,9 @@ class LearnerGroup:
     """Driver-side handle: places the ranks, splits each step's micro-batches among them, gathers results."""
 
     def __init__(self, model_path: str, learner: LearnerConfig, optim: OptimConfig | None, total_steps: int = 1,
-                 seed: int = 0, head: str = "causal_lm", name: str = "learner", wait: bool = True):
+                 seed: int = 0, head: str = "causal_lm", name: str = "learner"):
         """`optim=None` makes a frozen group (a reference model); `head="value"` a value model. `name` says
-        what the group is in messages (learner, critic, reference). With `wait=False` the ranks start while the
-        driver goes on (other groups can start beside them); `ready()` waits for them."""
+        what the group is in messages (learner, critic, reference)."""
         n, self.name = learner.num_workers, name
         bundle = {"CPU": learner.cpus_per_worker, **({"GPU": learner.gpus_per_worker} if learner.gpus_per_worker else {})}
         self.reservation = reserve(f"{name} group ({n} x {fmt_resources(bundle)})", [bundle] * n)
@@ -394,16 +392,9 @@ class LearnerGroup:
         ]
         for i, worker in enumerate(self.workers):
             name_actor(worker, f"{name} rank {i}")
-        master = self.workers[0].master_address.remote()  # Ray hands each rank its value once rank 0 is up
-        self._starting = [w.setup.remote(master, self.model_path, optim, total_steps, seed, head) for w in self.workers]
-        if wait:
-            self.ready()
-
-    def ready(self) -> "LearnerGroup":
-        if self._starting:
-            self.precision = ray.get(self._starting)[0]  # what rank 0's device chose (all ranks alike)
-            self._starting = None
-        return self
+        address, port = ray.get(self.workers[0].master_address.remote())
+        self.precision = ray.get([w.setup.remote(address, port, self.model_path, optim, total_steps, seed, head)
+                                  for w in self.workers])[0]  # what rank 0's device chose (all ranks alike)
 
     @property
     def world_size(self) -> int:

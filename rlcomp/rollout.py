@@ -297,46 +297,31 @@ class RolloutGroup:
     """Driver-side handle on N rollout workers: splits prompts among them, returns groups in input order."""
 
     def __init__(self, model_path: str, engine: str = "auto", workers: int = 1, gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False, prompt: PromptSpec | None = None,
-                 wait: bool = True):
+                 cpus_per_worker: float = 1, seed: int = 0, sleep: bool = False, prompt: PromptSpec | None = None):
         import ray
 
-        from rlcomp.cluster import fmt_resources, name_actor, reserve
+        from rlcomp.cluster import PlacementError, fmt_resources, name_actor, reserve
+        from rlcomp.learner import PLACEMENT_TIMEOUT_S
         from rlcomp.models import load_tokenizer
 
         device = "cuda" if gpus_per_worker else "cpu"
         self.asked_engine, engine = engine, engine_for(model_path, engine)
         # Prompts are rendered here, once, so that every engine and worker gets the same token ids.
         self.renderer = PromptRenderer(load_tokenizer(model_path), prompt)
-        self.bundle = bundle = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
+        bundle = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
         self.reservation = reserve(f"rollout workers ({workers} x {fmt_resources(bundle)})", [bundle] * workers)
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         self.workers = [name_actor(actor.remote(model_path, engine, device, max(1, int(cpus_per_worker)), seed + i, sleep),
                                    f"rollout worker {i}") for i in range(workers)]
         self.engine, self.prompt = engine, prompt
         self.model_path, self.lora_scale = model_path, None
-        self._starting = self.workers[0].describe.remote()
-        if wait:
-            self.ready()
-
-    def ready(self) -> "RolloutGroup":
-        """Wait for the workers to start (a group made with wait=False starts while the driver goes on)."""
-        import ray
-
-        from rlcomp.cluster import PlacementError, fmt_resources
-        from rlcomp.learner import PLACEMENT_TIMEOUT_S
-
-        if self._starting is None:
-            return self
         try:  # an actor that cannot be scheduled would otherwise wait forever
-            self.pad_token_id, self.precision = ray.get(self._starting, timeout=PLACEMENT_TIMEOUT_S)
+            self.pad_token_id, self.precision = ray.get(self.workers[0].describe.remote(), timeout=PLACEMENT_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             self.shutdown()
-            raise PlacementError(f"rollout workers ({len(self.workers)} x {fmt_resources(self.bundle)}) did not start "
-                                 f"within {PLACEMENT_TIMEOUT_S:g}s: the cluster has "
-                                 f"{fmt_resources(ray.available_resources())} free; other jobs hold the rest") from None
-        self._starting = None
-        return self
+            raise PlacementError(f"rollout workers ({workers} x {fmt_resources(bundle)}) did not start within "
+                                 f"{PLACEMENT_TIMEOUT_S:g}s: the cluster has {fmt_resources(ray.available_resources())} free; "
+                                 "other jobs hold the rest") from None
 
     def generate(self, examples: list[Example], params: SamplingParams, chunk: int | None = None,
                  on_done=None) -> list[list[Sample]]:

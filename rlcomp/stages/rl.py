@@ -134,20 +134,15 @@ def run(cfg: Config, run, model: str | None) -> str:
         raise ValueError(f"stage {run.stage}: no input model")
     algo, stage_dir = cfg.algorithm, run.stage_dir()
     examples = load_examples(cfg.data, cfg.prompt)
-    # The groups start side by side (a worker's start is mostly one core importing and loading the model), each
-    # reserving its share in turn. Rollout workers on part of a GPU start first: vLLM sizes its cache by the free
-    # memory, which the learners' loads would change.
     rollout = RolloutGroup(model, cfg.rollout.engine, cfg.rollout.workers, cfg.rollout.gpus_per_worker, seed=run.seed,
-                           sleep=cfg.rollout.sleep, prompt=cfg.prompt, wait=0 < cfg.rollout.gpus_per_worker < 1)
+                           sleep=cfg.rollout.sleep, prompt=cfg.prompt)
     total_updates = cfg.max_steps * cfg.updates_per_step
-    policy = LearnerGroup(model, cfg.learner, cfg.optim, total_updates, run.seed, wait=False)
-    critic = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), cfg.critic_optim, total_updates,
-                          run.seed, head="value", name="critic", wait=False) if algo.needs_critic else None
-    reference = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), None,
-                             name="reference", wait=False) if algo.needs_reference else None
-    for group in filter(None, (rollout, policy, critic, reference)):
-        group.ready()
+    policy = LearnerGroup(model, cfg.learner, cfg.optim, total_updates, run.seed)
     sync = WeightSync(policy, rollout, cfg.rollout.weight_sync)
+    critic = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), cfg.critic_optim, total_updates,
+                          run.seed, head="value", name="critic") if algo.needs_critic else None
+    reference = LearnerGroup(model, cfg.learner.model_copy(update={"lora": None}), None,
+                             name="reference") if algo.needs_reference else None
     run.record_precision(f"{rollout.engine} engine", rollout.precision)
     for group in filter(None, (policy, critic, reference)):
         run.record_precision(group.name, group.precision)
