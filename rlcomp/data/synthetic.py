@@ -200,6 +200,7 @@ _LEFT = {"N": "W", "W": "S", "S": "E", "E": "N"}
 _RIGHT = {v: k for k, v in _LEFT.items()}
 _AROUND = {"N": "S", "S": "N", "E": "W", "W": "E"}
 _TURNS = {"L": _LEFT, "R": _RIGHT, "A": _AROUND}
+_DIRECTION = re.compile(r"([NESW]):([LRA](?:,[LRA])*)=")  # a direction problem: the start, then the turns
 
 
 class Direction(Task):
@@ -228,7 +229,7 @@ class Direction(Task):
 
     def chunked(self, prompt, sizes):
         """Merged turns: `N:L,R,A=` in sizes [2, 1] -> `s1 LR N>N; s2 A N>S; ans S`."""
-        found = re.fullmatch(r"([NESW]):([LRA](?:,[LRA])*)=", prompt)
+        found = _DIRECTION.fullmatch(prompt)
         actions = found.group(2).split(",") if found else []
         if not found or sum(sizes) != len(actions):
             raise ValueError(f"{self.name}: cannot split {prompt!r} into steps of {sizes} turns")
@@ -243,7 +244,7 @@ class Direction(Task):
 
     def cancelling(self, prompt):
         """L then R, R then L, A then A: `N:L,A,A=` -> [1]."""
-        found = re.fullmatch(r"([NESW]):([LRA](?:,[LRA])*)=", prompt)
+        found = _DIRECTION.fullmatch(prompt)
         if not found:
             raise ValueError(f"{self.name}: not a direction problem: {prompt!r}")
         actions = found.group(2).split(",")
