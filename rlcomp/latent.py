@@ -78,7 +78,7 @@ def fill_latents(model, input_ids: torch.Tensor, mask: torch.Tensor, latent_id: 
 
 # Compressed Chain of Thought (CCoT, Cheng & Van Durme 2024; rlcomp/stages/ccot.py). A CCoT model directory is
 # the decoder psi as a plain Hugging Face model, with the contemplator phi beside it: `contemplator/` (a Hugging
-# Face model), `end_head.safetensors` (the END head: `weight` [D], `bias` [1]) and `ccot.json` ({layer, r, cap}).
+# Face model), `end_head.safetensors` (the END head's tensors: `EndHead`) and `ccot.json` ({layer, r, cap}).
 CCOT_SPEC_FILE = "ccot.json"
 CONTEMPLATOR = "contemplator"
 END_HEAD = "end_head.safetensors"
@@ -156,29 +156,39 @@ def place_contemplation(embeds: torch.Tensor, mask: torch.Tensor, vectors: torch
     return out, out_mask
 
 
-class EndHead:
-    """CCoT's END head: stop contemplating where weight . h + bias > 0, h the last layer's state."""
+class EndHead(torch.nn.Module):
+    """CCoT's END head: stop contemplating where net((h - mean) / std) > 0, h the last layer's state at the
+    position; net is a linear map (`hidden` 0) or one hidden layer of `hidden` units (GELU)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        self.weight, self.bias = weight.float(), bias.float().reshape(())
+    def __init__(self, dim: int, hidden: int = 0):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        linear = torch.nn.Linear
+        self.net = torch.nn.Sequential(linear(dim, hidden), torch.nn.GELU(), linear(hidden, 1)) if hidden else \
+            torch.nn.Sequential(linear(dim, 1))
 
     def logits(self, finals: torch.Tensor) -> torch.Tensor:
-        return finals.float() @ self.weight.to(finals.device) + self.bias.to(finals.device)
+        return self.net((finals.float() - self.mean) / self.std).squeeze(-1)
 
-    def __call__(self, finals: torch.Tensor) -> torch.Tensor:
-        return self.logits(finals) > 0
+    @torch.no_grad()
+    def forward(self, finals: torch.Tensor) -> torch.Tensor:
+        return self.logits(finals.to(self.mean.device)).to(finals.device) > 0
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(1).contiguous()}, str(path))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "EndHead":
         from safetensors.torch import load_file
 
         tensors = load_file(str(path))
-        return cls(tensors["weight"], tensors["bias"])
+        hidden = tensors["net.2.weight"].shape[1] if "net.2.weight" in tensors else 0
+        head = cls(len(tensors["mean"]), hidden)
+        head.load_state_dict(tensors)
+        return head.eval()
 
 
 class CoconutThinker:
@@ -205,7 +215,7 @@ class CCoTThinker:
 
         self.layer, self.cap = spec["layer"], spec["cap"]
         self.phi = AutoModelForCausalLM.from_pretrained(Path(model_dir) / CONTEMPLATOR, dtype=dtype).to(device).eval()
-        self.end = EndHead.load(Path(model_dir) / END_HEAD)
+        self.end = EndHead.load(Path(model_dir) / END_HEAD).to(device)
 
     def prompt(self, model, input_ids: torch.Tensor, mask: torch.Tensor):
         vectors, _, counts = contemplate(self.phi, input_ids, mask, self.layer, self.cap, self.end)

@@ -16,7 +16,8 @@ from rlcomp.losses import LOSSES
 from rlcomp.losses.ccot import gather, normalised_mse, phi_forward
 from rlcomp.models import load_tokenizer
 from rlcomp.prompts import PromptRenderer
-from rlcomp.stages.ccot import Config, Row, contemplations, evenly_spaced, phi_batch, prepare, train_end_head
+from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, phi_batch, prepare, stop_count,
+                                train_end_head)
 
 
 def test_k_and_evenly_spaced_positions_on_hand_values():
@@ -142,27 +143,46 @@ def test_the_end_head_stops_each_row_and_the_cap_stops_the_rest(tiny_model):
         assert counts.tolist() == [2, 5] and vectors.shape[1] == 5  # row 1 runs to the cap
         vectors, _, counts = contemplate(model, ids, mask, layer=1, steps=5, stop=says_stop([3, 1]))
         assert counts.tolist() == [3, 1] and vectors.shape[1] == 3  # every row stopped: no more passes
-    head = EndHead(torch.tensor([1.0, -1.0]), torch.tensor(-0.5))  # stop where h0 - h1 > 0.5
+    head = EndHead(2)  # linear: stop where h0 - h1 > 0.5
+    with torch.no_grad():
+        head.net[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        head.net[0].bias.fill_(-0.5)
     assert head(torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, -1.0]])).tolist() == [True, False, True]
-    # logistic regression on states whose last position is told apart by one feature: stops exactly at k
+    assert stop_count(head, torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])) == 2
+    assert stop_count(head, torch.zeros(3, 2)) == 3  # never says stop: all of them
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_the_end_head_learns_to_stop_at_k_from_states_past_it(hidden, tmp_path):
+    # phi's states run to 2k; from the k-th on one feature is high: a trained head stops every row exactly at k
     gen = torch.Generator().manual_seed(0)
+    ks = [2, 3, 4, 1, 3, 5, 2]
     finals = []
-    for k in (2, 3, 4, 1, 3):
-        f = torch.randn(k, 8, generator=gen)
+    for k in ks:
+        f = torch.randn(2 * k, 8, generator=gen)
         f[:, 3] = 5.0
-        f[-1, 3] = 9.0
+        f[k - 1 :, 3] = 9.0
         finals.append(f)
-    head, stats = train_end_head(finals, 50)
-    assert stats["stops_at_k"] == 1.0 and stats["accuracy"] == 1.0
-    # one stop in 20 positions, told apart only noisily: the classes weigh alike, so the head still stops most
-    # rows by their k (unweighted, "never stop" would be 95% right and the head would hardly fire)
-    finals = []
-    for _ in range(40):
-        f = torch.randn(20, 4, generator=gen)
-        f[-1, 0] += 1.5
-        finals.append(f)
-    head, stats = train_end_head(finals, 50)
-    assert stats["stops_at_k"] + stats["stops_early"] > 0.8, stats
+    head, stats, counts = train_end_head(finals, ks, steps=2000, hidden=hidden)
+    assert counts == ks and stats["stops_at_k"] == 1.0 and stats["stops_early"] == 0.0 and stats["accuracy"] == 1.0
+    # saved and loaded back: the same stops
+    head.save(tmp_path / END_HEAD)
+    again = EndHead.load(tmp_path / END_HEAD)
+    assert [stop_count(again, f) for f in finals] == ks and len(again.net) == (3 if hidden else 1)
+
+
+def test_the_decoder_batch_takes_as_many_vectors_as_each_row_contemplated():
+    rows = [Row(prompt=[1, 2, 3], chain=[9] * 8, answer=[7, 0], spots=[1, 3, 5, 7]),
+            Row(prompt=[4, 5], chain=[9] * 4, answer=[6, 7, 0], spots=[1, 3])]
+    vectors = [torch.ones(1, 4), 2 * torch.ones(3, 4)]  # the END head stopped row 0 early and row 1 late
+    batch = decode_batch(rows, vectors, pad=0)
+    assert batch["ccot_at"].tolist() == [[3, 0, 0], [2, 3, 4]]
+    assert batch["ccot_valid"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert batch["ccot_vectors"][1].tolist() == [[2.0] * 4] * 3 and batch["ccot_vectors"][0, 0].tolist() == [1.0] * 4
+    assert batch["attention_mask"].tolist() == [[1] * 6 + [0] * 2, [1] * 8]
+    # the loss is on the answer, after the contemplation positions
+    assert batch["targets"].tolist() == [[-100, -100, -100, 7, 0, -100, -100, -100],
+                                         [-100, -100, -100, -100, 6, 7, 0, -100]]
 
 
 @pytest.mark.e2e
