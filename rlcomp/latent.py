@@ -104,28 +104,33 @@ def put_vectors(embeds: torch.Tensor, at: torch.Tensor, valid: torch.Tensor, vec
     return embeds.index_put((rows, at[rows, slots]), vectors[rows, slots].to(embeds.dtype))
 
 
+def cached(out) -> dict:
+    """The forward argument that continues from `out`'s key-value cache (transformers 5.2x renamed it)."""
+    return {"cache": out.cache} if hasattr(out, "cache") else {"past_key_values": out.past_key_values}
+
+
 def contemplate(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, steps: int, stop=None):
     """CCoT's contemplation after left-padded prompts: at most `steps` positions appended, the input embedding of
     each the layer-`layer` hidden state (`hidden_states[layer]`: 0 the embeddings, L the last layer's) at the
     position before it, the first one's the prompt's last token's. Returns (vectors [B, n, D]: the layer-`layer`
     states at the contemplation positions, in order, the contemplation tokens; finals [B, n, D]: the last layer's;
     counts [B]: per row, the positions up to and including the first where `stop(finals[:, i])` ([B] bools, the
-    END head) says stop, else n). One forward pass per position over the whole sequence (no KV cache; the first
-    pass on the token ids, so that the embedding lookup happens inside the model's forward, where FSDP has its
-    weights); without `stop`, every call runs exactly steps + 1 passes, as FSDP's collectives need. With `stop`,
-    the passes end once every row has stopped."""
-    pos = positions(mask)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, use_cache=False)
-    embeds, feed = out.hidden_states[0], out.hidden_states[layer][:, -1]
+    END head) says stop, else n). One forward pass on the prompts' token ids (so that the embedding lookup happens
+    inside the model's forward, where FSDP has its weights), then one per position on its embedding alone, with
+    the key-value cache; without `stop`, every call runs exactly steps + 1 passes, as FSDP's collectives need.
+    With `stop`, the passes end once every row has stopped."""
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
+                use_cache=True)
+    dtype, feed = out.hidden_states[0].dtype, out.hidden_states[layer][:, -1]
     rows = len(input_ids)
+    at = positions(mask)[:, -1:]  # left padding: every row's last real token is at the right edge
     counts = torch.full((rows,), steps, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
     vectors, finals = [], []
     for i in range(steps):
-        embeds = torch.cat([embeds, feed.to(embeds.dtype)[:, None]], 1)
         mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
-        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
-                    use_cache=False)
+        out = model(inputs_embeds=feed.to(dtype)[:, None], attention_mask=mask, position_ids=at + i + 1,
+                    **cached(out), output_hidden_states=True, use_cache=True)
         feed = out.hidden_states[layer][:, -1]
         vectors.append(feed)
         finals.append(out.hidden_states[-1][:, -1])
@@ -136,8 +141,7 @@ def contemplate(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, 
             if bool(done.all()):
                 break
     counts = torch.where(done, counts, len(vectors))
-    width = embeds.shape[-1]
-    stack = lambda xs: torch.stack(xs, 1) if xs else embeds.new_zeros(rows, 0, width)  # noqa: E731
+    stack = lambda xs: torch.stack(xs, 1) if xs else feed.new_zeros(rows, 0, feed.shape[-1])  # noqa: E731
     return stack(vectors), stack(finals), counts
 
 
