@@ -66,7 +66,7 @@ class Config(StageConfig):
     phi_steps_per_layer: int = Field(100, gt=0)
     psi_steps: int = Field(1000, gt=0)
     end_head_hidden: int = Field(256, ge=0)  # the END head's hidden units (0: linear, logistic regression)
-    end_head_steps: int = Field(2000, gt=0)  # Adam steps on 512 positions each
+    end_head_steps: int = Field(10000, gt=0)  # Adam steps on 512 positions each
     # psi learns the answer after as many contemplation vectors as the END head lets phi make (`end_head`, as at
     # inference) or after exactly k (`gold`)
     psi_contemplation: Literal["end_head", "gold"] = "end_head"
