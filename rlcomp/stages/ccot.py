@@ -205,8 +205,9 @@ def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: i
 
     x = torch.cat(finals).float()
     y = torch.cat([(torch.arange(len(f)) >= k - 1).float() for f, k in zip(finals, ks)])
-    torch.manual_seed(seed)  # the head's initial weights
-    head = EndHead(x.shape[1], hidden)
+    with torch.random.fork_rng():  # the head's initial weights, without touching the caller's random state
+        torch.manual_seed(seed)
+        head = EndHead(x.shape[1], hidden)
     head.mean.copy_(x.mean(0))
     head.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
     generator = torch.Generator().manual_seed(seed)
