@@ -219,17 +219,21 @@ def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: i
         loss.backward()
         opt.step()
     head.eval()
-    counts = [stop_count(head, f) for f in finals]
-    return head, {"positions": len(y), "accuracy": float((head(x) == y.bool()).float().mean()),
+    stops = head(x)  # once over every position, then split by row
+    counts = [first_stop(s) for s in stops.split([len(f) for f in finals])]
+    return head, {"positions": len(y), "accuracy": float((stops == y.bool()).float().mean()),
                   "stops_at_k": sum(c == k for c, k in zip(counts, ks)) / len(ks),
                   "stops_early": sum(c < k for c, k in zip(counts, ks)) / len(ks),
                   "mean_count": sum(counts) / len(counts)}, counts
 
 
+def first_stop(stops) -> int:
+    """How many positions phi contemplates given the head's stop flags: up to the first stop, else all of them."""
+    return int(stops.nonzero()[0]) + 1 if stops.any() else len(stops)
+
+
 def stop_count(head, finals) -> int:
-    """How many positions phi contemplates with this head: up to the first it says stop at, else all of them."""
-    stops = head(finals)
-    return int(stops.nonzero()[0]) + 1 if stops.any() else len(finals)
+    return first_stop(head(finals))
 
 
 def run(cfg: Config, run, model: str | None) -> str:
