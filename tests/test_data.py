@@ -157,6 +157,11 @@ def test_task_options_and_errors():
     four = get_task("addition").generate(5, "train", 0, "none", digits=4)
     assert all(len(p) == 4 for e in four for p in e.prompt.rstrip("=").split("+"))
     assert all(e.prompt.count(",") == 2 for e in get_task("direction").generate(5, "train", 0, "none", steps=3))
+    mixed = get_task("addition").generate(200, "train", 0, "terse", digits=[1, 3])  # each operand's own length
+    lengths = [tuple(len(p) for p in e.prompt.rstrip("=").split("+")) for e in mixed]
+    assert {a for a, _ in lengths} == {1, 2, 3} and any(a != b for a, b in lengths)
+    assert all(e.extra["n_steps"] == max(ab) and get_task("addition").check(e.response, e.answer)
+               for e, ab in zip(mixed, lengths))
     assert "*" in get_task("multiplication").generate(1, "train", 0, "none", digits=3)[0].prompt
     with pytest.raises(ValueError, match="digitz"):
         get_task("addition").generate(5, "train", 0, "none", digitz=4)

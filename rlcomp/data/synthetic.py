@@ -133,7 +133,11 @@ class Addition(Task):
     defaults = {"digits": 3}
 
     def draw(self, rng, digits=3):
-        a, b = _number(rng, digits), _number(rng, digits)
+        # An int: both operands that long. [fewest, most]: each operand's length drawn on its own, as the
+        # learning-to-skip-steps paper's addition data (`381+2`, `94+6`); steps run over the longer one.
+        lengths = (digits, digits) if isinstance(digits, int) else (rng.randint(*digits), rng.randint(*digits))
+        a, b = _number(rng, lengths[0]), _number(rng, lengths[1])
+        digits = max(lengths)
         total = a + b
         steps, column_checks, carry = [], [], 0
         for i in range(digits):
