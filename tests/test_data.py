@@ -163,6 +163,11 @@ def test_task_options_and_errors():
     assert all(e.extra["n_steps"] == max(ab) and get_task("addition").check(e.response, e.answer)
                for e, ab in zip(mixed, lengths))
     assert "*" in get_task("multiplication").generate(1, "train", 0, "none", digits=3)[0].prompt
+    for bad in ([3, 1], [0, 2], "3", [1, 2, 3]):
+        with pytest.raises(ValueError, match=r"option digits: a count of at least 1 or \[fewest, most\]"):
+            get_task("addition").generate(5, "train", 0, "none", digits=bad)
+    with pytest.raises(ValueError, match="option steps"):
+        get_task("direction").generate(5, "train", 0, "none", steps=[5, 2])
     with pytest.raises(ValueError, match="digitz"):
         get_task("addition").generate(5, "train", 0, "none", digitz=4)
     with pytest.raises(ValueError, match="split"):

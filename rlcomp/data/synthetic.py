@@ -121,6 +121,14 @@ class Task:
         return self.extract_answer(response) == str(answer).strip()
 
 
+def _span(value, option: str) -> tuple[int, int]:
+    """An option that is a count or [fewest, most], as (fewest, most)."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(x, int) and x >= 1 for x in pair) or pair[0] > pair[1]:
+        raise ValueError(f"option {option}: a count of at least 1 or [fewest, most], got {value!r}")
+    return pair
+
+
 def _number(rng: random.Random, digits: int) -> int:
     """A number with exactly `digits` digits (0-9 for one digit)."""
     return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
@@ -135,7 +143,8 @@ class Addition(Task):
     def draw(self, rng, digits=3):
         # An int: both operands that long. [fewest, most]: each operand's length drawn on its own, as the
         # learning-to-skip-steps paper's addition data (`381+2`, `94+6`); steps run over the longer one.
-        lengths = (digits, digits) if isinstance(digits, int) else (rng.randint(*digits), rng.randint(*digits))
+        fewest, most = _span(digits, "digits")
+        lengths = (digits, digits) if isinstance(digits, int) else (rng.randint(fewest, most), rng.randint(fewest, most))
         a, b = _number(rng, lengths[0]), _number(rng, lengths[1])
         digits = max(lengths)
         total = a + b
@@ -214,7 +223,7 @@ class Direction(Task):
     defaults = {"steps": None}  # number of actions, or [fewest, most] drawn uniformly; None draws 4-6
 
     def draw(self, rng, steps=None):
-        fewest, most = (4, 6) if steps is None else (steps, steps) if isinstance(steps, int) else steps
+        fewest, most = (4, 6) if steps is None else _span(steps, "steps")
         n = rng.randint(fewest, most)
         start = rng.choice("NESW")
         actions = [rng.choice("LRA") for _ in range(n)]
