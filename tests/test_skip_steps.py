@@ -8,7 +8,8 @@ import pytest
 from rlcomp.config import load_recipe
 from rlcomp.data import TASKS
 from rlcomp.pipeline import run_recipe
-from rlcomp.stages.skip_steps import Config, count_steps, keep, shorter_by_one
+from rlcomp.sample import Example
+from rlcomp.stages.skip_steps import Config, count_steps, keep, shorter_by
 
 
 def test_count_steps_in_both_formats():
@@ -34,12 +35,24 @@ def test_merged_steps_on_hand_examples():
     for task in (addition, direction, TASKS["mixed_addition"]):
         for e in task.generate(20, cot="terse"):
             assert task.chunked(e.prompt, [1] * e.extra["n_steps"]) == e.response  # sizes of 1: the terse form
-            short = shorter_by_one(task, e, random.Random(0), "random")
+            short = shorter_by(task, e, random.Random(0), "random")
             assert count_steps(short, ";") == e.extra["n_steps"] - 1 and task.check(short, e.answer)
-            first = shorter_by_one(task, e, random.Random(0))  # the default: the first two steps merged
+            first = shorter_by(task, e, random.Random(0))  # the default: the first two steps merged
             assert first == task.chunked(e.prompt, [2] + [1] * (e.extra["n_steps"] - 2))
-            last = shorter_by_one(task, e, random.Random(0), "last")
+            last = shorter_by(task, e, random.Random(0), "last")
             assert last == task.chunked(e.prompt, [1] * (e.extra["n_steps"] - 2) + [2])
+    for task in (addition, direction):  # two pairs merged: the first two, the last two, two at random places
+        for e in task.generate(40, cot="terse", **({"digits": 4} if task is addition else {"steps": 6})):
+            n = e.extra["n_steps"]
+            assert shorter_by(task, e, random.Random(0), "first", 2) == task.chunked(e.prompt, [2, 2] + [1] * (n - 4))
+            assert shorter_by(task, e, random.Random(0), "last", 2) == task.chunked(e.prompt, [1] * (n - 4) + [2, 2])
+            short = shorter_by(task, e, random.Random(e.id), "random", 2)
+            assert count_steps(short, ";") == n - 2 and task.check(short, e.answer)
+            assert shorter_by(task, e, random.Random(0), "random", n // 2 + 1) is None  # too few steps
+    places = {tuple(i for i, step in enumerate(shorter_by(addition, e, random.Random(seed), "random", 2).split(";"))
+                    if step.split()[2:] and len(step.split()[2]) == 3)  # `w32`: two columns written
+              for seed in range(200) for e in addition.generate(1, cot="terse", digits=5)}
+    assert places == {(0, 1), (0, 2), (1, 2)}  # which 2 of the 3 steps left do two columns: every way
     with pytest.raises(ValueError, match="cannot split '347\\+285=' into steps of \\[2\\]"):
         addition.chunked("347+285=", [2])
 
@@ -52,7 +65,7 @@ def test_the_cancelling_warm_start_merges_only_steps_that_undo_each_other():
     has_pair = [bool(direction.cancelling(e.prompt)) for e in examples]
     assert any(has_pair) and not all(has_pair)
     for e in examples:
-        short = shorter_by_one(direction, e, random.Random(0), "cancelling")
+        short = shorter_by(direction, e, random.Random(0), "cancelling")
         if not direction.cancelling(e.prompt):
             assert short is None
             continue
@@ -60,6 +73,10 @@ def test_the_cancelling_warm_start_merges_only_steps_that_undo_each_other():
         [merged] = [step.split() for step in short.split("; ") if len(step.split()[1]) == 2]  # doing two turns
         before, after = merged[2].split(">")
         assert merged[1] in ("LR", "RL", "AA") and before == after
+    six = Example(prompt="N:L,R,L,A,A,R=", answer="N", extra={"n_steps": 6})  # cancelling pairs at 0, 1 and 3
+    assert {shorter_by(direction, six, random.Random(seed), "cancelling", 2) for seed in range(20)} == {
+        "s1 LR N>N; s2 L N>W; s3 AA W>W; s4 R W>N; ans N", "s1 L N>W; s2 RL W>W; s3 AA W>W; s4 R W>N; ans N"}
+    assert shorter_by(direction, six, random.Random(0), "cancelling", 3) is None  # no three that do not overlap
     with pytest.raises(ValueError, match="task 'addition' has no steps that cancel"):
         Config(name="s", data={"dataset": "addition", "cot": "terse"}, warm_start_merge="cancelling")
 
@@ -70,6 +87,8 @@ def test_config_errors_name_the_field():
         Config(name="s", data=data, step_prompt="{question} in few steps")
     with pytest.raises(ValueError, match="skips"):
         Config(name="s", data=data, skips=[0])
+    with pytest.raises(ValueError, match="warm_start_skips"):
+        Config(name="s", data=data, warm_start_skips=[])
 
 
 def test_warm_start_needs_a_task_that_writes_shorter_solutions(tmp_path):

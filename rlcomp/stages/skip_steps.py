@@ -2,7 +2,7 @@
 
 Prompts state the number of steps (`step_prompt`). Round 0 trains the input (base) model on the full-step
 solutions, plus, with `warm_start`, hand-made solutions one step shorter (two adjacent steps merged, where the
-task can write them). Each later round asks the previous round's model, greedily, to solve every training
+task can write them; `warm_start_skips` adds more merged pairs). Each later round asks the previous round's model, greedily, to solve every training
 problem in N-1 and N-2 steps (`skips`), keeps the answers that are right in exactly the asked number of steps
 (fewer than N), and trains the next model from the **base** again on the kept answers plus all the full-step
 data. With `standard`, each round also trains a model on the same data without step counts in its prompts and
@@ -31,7 +31,9 @@ class Config(sft.Config):
     step_prompt: str = "{question}\nLet's solve it in {n} steps.\n"  # the paper's, less its "Answer:" line
     step_separator: str = ";"
     skips: list[int] = [1, 2]  # ask for N-1 and N-2 steps (each when at least one step is left)
-    warm_start: bool = True  # round 0 also sees hand-made solutions one step shorter (the task's `chunked`)
+    warm_start: bool = True  # round 0 also sees hand-made shorter solutions (the task's `chunked`)
+    # how many steps shorter (each a number of merged pairs); the paper: one. [1, 2] also shows two pairs merged
+    warm_start_skips: list[int] = [1]
     # Which two steps the warm start merges. Merged at a random place, each step is more likely unmerged: after 300
     # steps of training a greedy model asked for N-1 steps wrote all N; after 1500 it merges one pair (README).
     # "last": the step numbered n (the count asked for) does all that is left, two numbers in view.
@@ -69,11 +71,11 @@ class Config(sft.Config):
                              f"(direction has); set first, last or random")
         return self
 
-    @field_validator("skips")
+    @field_validator("skips", "warm_start_skips")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
+    def _positive(cls, v: list[int], info) -> list[int]:
         if not v or any(k < 1 for k in v):
-            raise ValueError(f"skips {v}: steps to skip, each at least 1")
+            raise ValueError(f"{info.field_name} {v}: steps to skip, each at least 1")
         return v
 
 
@@ -93,19 +95,28 @@ def keep(correct: bool, steps: int, asked: int, full: int) -> bool:
     return correct and steps == asked and steps < full
 
 
-def shorter_by_one(task, example, rng: random.Random, where: str = "first") -> str | None:
-    """A hand-made solution with two adjacent steps merged (the warm start): the first two, the last two, a
-    random pair, or a random pair that cancels (None where none does)."""
+def shorter_by(task, example, rng: random.Random, where: str = "first", by: int = 1) -> str | None:
+    """A hand-made solution `by` steps shorter: `by` disjoint pairs of adjacent steps merged (the warm start): the
+    first pairs, the last ones, pairs at random places, or pairs that cancel at random places (None where the
+    solution has too few steps or too few such pairs)."""
     n, question = example.extra["n_steps"], example.extra.get("question", example.prompt)
+    if n < 2 * by:
+        return None
     if where == "cancelling":
-        places = task.cancelling(question)
-        if not places:
+        places, starts = task.cancelling(question), []
+        for at in rng.sample(places, len(places)):  # in a random order
+            if len(starts) < by and all(abs(at - s) > 1 for s in starts):
+                starts.append(at)
+        if len(starts) < by:
             return None
-        at = rng.choice(places)
+    elif where == "random":  # uniform over placements: `by` of n - by slots, each pair widening the ones after it
+        starts = [p + i for i, p in enumerate(sorted(rng.sample(range(n - by), by)))]
     else:
-        at = rng.randrange(n - 1) if where == "random" else 0 if where == "first" else n - 2
-    sizes = [1] * (n - 1)
-    sizes[at] = 2
+        starts = [2 * i if where == "first" else n - 2 - 2 * i for i in range(by)]
+    sizes, i = [], 0
+    while i < n:
+        sizes.append(2 if i in starts else 1)
+        i += sizes[-1]
     return task.chunked(question, sizes)
 
 
@@ -124,9 +135,9 @@ def run(cfg: Config, run, model: str | None) -> str:
     in_domain = cfg.eval_data or DataSpec(dataset=cfg.data.dataset, split="test", n=500, options=cfg.data.options)
     full = [asked(cfg, e, e.extra["n_steps"]) for e in train]
     rng = random.Random(run.seed)
-    shorter = [(e, shorter_by_one(task, e, rng, cfg.warm_start_merge))
-               for e in train if cfg.warm_start and e.extra["n_steps"] > 1]
-    data = full + [replace(asked(cfg, e, e.extra["n_steps"] - 1), response=r) for e, r in shorter if r is not None]
+    shorter = [(e, k, shorter_by(task, e, rng, cfg.warm_start_merge, k))
+               for e in train for k in (cfg.warm_start_skips if cfg.warm_start else [])]
+    data = full + [replace(asked(cfg, e, e.extra["n_steps"] - k), response=r) for e, k, r in shorter if r is not None]
     rows_path = run.stage_dir() / "rounds.jsonl"
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if run.resume and rows_path.is_file() else []
     rows, previous = [], None
