@@ -144,7 +144,7 @@ class Addition(Task):
         # An int: both operands that long. [fewest, most]: each operand's length drawn on its own, as the
         # learning-to-skip-steps paper's addition data (`381+2`, `94+6`); steps run over the longer one.
         fewest, most = _span(digits, "digits")
-        lengths = (digits, digits) if isinstance(digits, int) else (rng.randint(fewest, most), rng.randint(fewest, most))
+        lengths = (digits, digits) if isinstance(digits, int) else [rng.randint(fewest, most) for _ in "ab"]
         a, b = _number(rng, lengths[0]), _number(rng, lengths[1])
         columns = max(lengths)
         total = a + b

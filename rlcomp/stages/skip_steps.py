@@ -2,13 +2,14 @@
 
 Prompts state the number of steps (`step_prompt`). Round 0 trains the input (base) model on the full-step
 solutions, plus, with `warm_start`, hand-made solutions one step shorter (two adjacent steps merged, where the
-task can write them; `warm_start_skips` adds more merged pairs). Each later round asks the previous round's model, greedily, to solve every training
-problem in N-1 and N-2 steps (`skips`), keeps the answers that are right in exactly the asked number of steps
-(fewer than N), and trains the next model from the **base** again on the kept answers plus all the full-step
-data. With `standard`, each round also trains a model on the same data without step counts in its prompts and
-evaluates it in domain (`eval_data`) and out of domain (`ood_data`): the model the paper reports, and this
-stage's output. A step is a `step_separator`-ended part of a response (`;` in the synthetic tasks, a line in the
-paper's format); the part after the last separator holds the answer. Rounds that finished are kept on resume.
+task can write them; `warm_start_skips` adds more merged pairs). Each later round asks the previous round's
+model, greedily, to solve every training problem in N-1 and N-2 steps (`skips`), keeps the answers that are right
+in exactly the asked number of steps (fewer than N), and trains the next model from the **base** again on the
+kept answers plus all the full-step data. With `standard`, each round also trains a model on the same data
+without step counts in its prompts and evaluates it in domain (`eval_data`) and out of domain (`ood_data`): the
+model the paper reports, and this stage's output. A step is a `step_separator`-ended part of a response (`;` in
+the synthetic tasks, a line in the paper's format); the part after the last separator holds the answer. Rounds
+that finished are kept on resume.
 """
 from __future__ import annotations
 
@@ -103,12 +104,12 @@ def shorter_by(task, example, rng: random.Random, where: str = "first", by: int 
     if n < 2 * by:
         return None
     if where == "cancelling":
-        places, starts = task.cancelling(question), []
-        for at in rng.sample(places, len(places)):  # in a random order
-            if len(starts) < by and all(abs(at - s) > 1 for s in starts):
-                starts.append(at)
-        if len(starts) < by:
-            return None
+        starts = []
+        while len(starts) < by:  # one at a time among those that do not overlap the ones chosen
+            free = [at for at in task.cancelling(question) if all(abs(at - s) > 1 for s in starts)]
+            if not free:
+                return None
+            starts.append(rng.choice(free))
     elif where == "random":  # uniform over placements: `by` of n - by slots, each pair widening the ones after it
         starts = [p + i for i, p in enumerate(sorted(rng.sample(range(n - by), by)))]
     else:
@@ -137,7 +138,8 @@ def run(cfg: Config, run, model: str | None) -> str:
     rng = random.Random(run.seed)
     shorter = [(e, k, shorter_by(task, e, rng, cfg.warm_start_merge, k))
                for e in train for k in (cfg.warm_start_skips if cfg.warm_start else [])]
-    data = full + [replace(asked(cfg, e, e.extra["n_steps"] - k), response=r) for e, k, r in shorter if r is not None]
+    data = full + [replace(asked(cfg, e, e.extra["n_steps"] - k), response=r)
+                   for e, k, r in shorter if r is not None]
     rows_path = run.stage_dir() / "rounds.jsonl"
     done = [json.loads(line) for line in rows_path.read_text().splitlines()] if run.resume and rows_path.is_file() else []
     rows, previous = [], None
