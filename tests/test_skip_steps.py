@@ -77,6 +77,9 @@ def test_the_cancelling_warm_start_merges_only_steps_that_undo_each_other():
     assert {shorter_by(direction, six, random.Random(seed), "cancelling", 2) for seed in range(20)} == {
         "s1 LR N>N; s2 L N>W; s3 AA W>W; s4 R W>N; ans N", "s1 L N>W; s2 RL W>W; s3 AA W>W; s4 R W>N; ans N"}
     assert shorter_by(direction, six, random.Random(0), "cancelling", 3) is None  # no three that do not overlap
+    four = Example(prompt="N:L,R,L,R=", answer="N", extra={"n_steps": 4})  # pairs at 0, 1, 2: only 0 and 2 fit two
+    assert {shorter_by(direction, four, random.Random(seed), "cancelling", 2) for seed in range(20)} == {
+        "s1 LR N>N; s2 LR N>N; ans N"}
     with pytest.raises(ValueError, match="task 'addition' has no steps that cancel"):
         Config(name="s", data={"dataset": "addition", "cot": "terse"}, warm_start_merge="cancelling")
 

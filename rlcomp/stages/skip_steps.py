@@ -13,6 +13,7 @@ that finished are kept on resume.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import replace
@@ -104,12 +105,12 @@ def shorter_by(task, example, rng: random.Random, where: str = "first", by: int 
     if n < 2 * by:
         return None
     if where == "cancelling":
-        starts = []
-        while len(starts) < by:  # one at a time among those that do not overlap the ones chosen
-            free = [at for at in task.cancelling(question) if all(abs(at - s) > 1 for s in starts)]
-            if not free:
-                return None
-            starts.append(rng.choice(free))
+        # every set of `by` cancelling pairs that do not overlap (one pair: a single choice among the pairs)
+        ways = [c for c in itertools.combinations(task.cancelling(question), by)
+                if all(b - a > 1 for a, b in zip(c, c[1:]))]
+        if not ways:
+            return None
+        starts = rng.choice(ways)
     elif where == "random":  # uniform over placements: `by` of n - by slots, each pair widening the ones after it
         starts = [p + i for i, p in enumerate(sorted(rng.sample(range(n - by), by)))]
     else:
