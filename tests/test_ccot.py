@@ -16,7 +16,7 @@ from rlcomp.losses import LOSSES
 from rlcomp.losses.ccot import gather, normalised_mse, phi_forward
 from rlcomp.models import load_tokenizer
 from rlcomp.prompts import PromptRenderer
-from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, phi_batch, prepare, stop_count,
+from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, phi_batch, prepare, first_stop,
                                 train_end_head)
 
 
@@ -148,8 +148,8 @@ def test_the_end_head_stops_each_row_and_the_cap_stops_the_rest(tiny_model):
         head.net[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
         head.net[0].bias.fill_(-0.5)
     assert head(torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, -1.0]])).tolist() == [True, False, True]
-    assert stop_count(head, torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])) == 2
-    assert stop_count(head, torch.zeros(3, 2)) == 3  # never says stop: all of them
+    assert first_stop(head(torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]))) == 2
+    assert first_stop(head(torch.zeros(3, 2))) == 3  # never says stop: all of them
 
 
 @pytest.mark.parametrize("hidden", [0, 16])
@@ -168,7 +168,7 @@ def test_the_end_head_learns_to_stop_at_k_from_states_past_it(hidden, tmp_path):
     # saved and loaded back: the same stops
     head.save(tmp_path / END_HEAD)
     again = EndHead.load(tmp_path / END_HEAD)
-    assert [stop_count(again, f) for f in finals] == ks and len(again.net) == (3 if hidden else 1)
+    assert [first_stop(again(f)) for f in finals] == ks and len(again.net) == (3 if hidden else 1)
 
 
 def test_the_decoder_batch_takes_as_many_vectors_as_each_row_contemplated():

@@ -197,7 +197,7 @@ def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: i
     """The END head on phi's last-layer states (finals[b]: [n_b, D], phi run past row b's k): positions from the
     k-th on are labelled stop (the k-th is where to stop; past it, stopping at once is the least wrong), the rest
     go on; Adam on batches of 512 positions, features standardised inside the head. Returns (EndHead, stats,
-    each row's `stop_count`)."""
+    each row's count: `first_stop`)."""
     import torch
     import torch.nn.functional as F
 
@@ -230,10 +230,6 @@ def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: i
 def first_stop(stops) -> int:
     """How many positions phi contemplates given the head's stop flags: up to the first stop, else all of them."""
     return int(stops.nonzero()[0]) + 1 if stops.any() else len(stops)
-
-
-def stop_count(head, finals) -> int:
-    return first_stop(head(finals))
 
 
 def run(cfg: Config, run, model: str | None) -> str:
