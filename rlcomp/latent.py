@@ -15,9 +15,12 @@ The hf engine asks `load_thinker` how a model thinks; `latent_kind` tells withou
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+
+from rlcomp.models import decoder_layers
 
 START, LATENT, END = "<|start-latent|>", "<|latent|>", "<|end-latent|>"
 SPEC_FILE = "latent.json"
@@ -112,52 +115,78 @@ def cached(out) -> dict:
 def contemplate(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, steps: int, stop=None):
     """CCoT's contemplation after left-padded prompts: at most `steps` positions appended, the input embedding of
     each the layer-`layer` hidden state (`hidden_states[layer]`: 0 the embeddings, L the last layer's) at the
-    position before it, the first one's the prompt's last token's. Returns (vectors [B, n, D]: the layer-`layer`
-    states at the contemplation positions, in order, the contemplation tokens; finals [B, n, D]: the last layer's;
-    counts [B]: per row, the positions up to and including the first where `stop(finals[:, i])` ([B] bools, the
-    END head) says stop, else n). One forward pass on the prompts' token ids (so that the embedding lookup happens
-    inside the model's forward, where FSDP has its weights), then one per position on its embedding alone, with
-    the key-value cache; without `stop`, every call runs exactly steps + 1 passes, as FSDP's collectives need.
-    With `stop`, the passes end once every row has stopped."""
+    position before it, the first one's the prompt's last token's. Returns (states [B, n, L + 1, D]: every
+    hidden state at the contemplation positions, in order: states[:, i, layer] is contemplation token i, states[:,
+    i, j] the input of decoder layer j there, states[:, :, L] the last layer's (post-norm); counts [B]: per row,
+    the positions up to and including the first where `stop(states[:, i, L])` ([B] bools, the END head) says stop,
+    else n). One forward pass on the prompts' token ids (so that the embedding lookup happens inside the model's
+    forward, where FSDP has its weights), then one per position on its embedding alone, with the key-value cache;
+    without `stop`, every call runs exactly steps + 1 passes, as FSDP's collectives need. With `stop`, the passes
+    end once every row has stopped."""
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
                 use_cache=True)
     dtype, feed = out.hidden_states[0].dtype, out.hidden_states[layer][:, -1]
-    rows = len(input_ids)
+    rows, depth = len(input_ids), len(out.hidden_states)
     at = positions(mask)[:, -1:]  # left padding: every row's last real token is at the right edge
     counts = torch.full((rows,), steps, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-    vectors, finals = [], []
+    states = []
     for i in range(steps):
         mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
         out = model(inputs_embeds=feed.to(dtype)[:, None], attention_mask=mask, position_ids=at + i + 1,
                     **cached(out), output_hidden_states=True, use_cache=True)
+        states.append(torch.stack([h[:, -1] for h in out.hidden_states], 1))
         feed = out.hidden_states[layer][:, -1]
-        vectors.append(feed)
-        finals.append(out.hidden_states[-1][:, -1])
         if stop is not None:
-            now = stop(finals[-1]) & ~done
+            now = stop(states[-1][:, -1]) & ~done
             counts[now] = i + 1
             done |= now
             if bool(done.all()):
                 break
-    counts = torch.where(done, counts, len(vectors))
-    stack = lambda xs: torch.stack(xs, 1) if xs else feed.new_zeros(rows, 0, feed.shape[-1])  # noqa: E731
-    return stack(vectors), stack(finals), counts
+    counts = torch.where(done, counts, len(states))
+    return (torch.stack(states, 1) if states else feed.new_zeros(rows, 0, depth, feed.shape[-1])), counts
 
 
-def place_contemplation(embeds: torch.Tensor, mask: torch.Tensor, vectors: torch.Tensor, counts: torch.Tensor):
-    """Left-padded prompt embeddings [B, W, D] followed, per row, by its first counts[b] contemplation vectors,
-    every row still ending at the right edge (rows that contemplated less get more padding on the left); returns
-    (embeds [B, W + n, D], mask)."""
-    rows, width, n = len(embeds), embeds.shape[1], vectors.shape[1]
+def place_contemplation(embeds: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor, n: int):
+    """Left-padded prompt embeddings [B, W, D] followed, per row, by counts[b] contemplation positions (zeros:
+    `layer_inputs` fills them), every row still ending at the right edge (rows that contemplated less get more
+    padding on the left); returns (embeds [B, W + n, D], mask, at [B, n], valid [B, n]): row b's contemplation i
+    sits at at[b, i] wherever valid[b, i]."""
+    rows, width = len(embeds), embeds.shape[1]
     out = embeds.new_zeros(rows, width + n, embeds.shape[-1])
     out_mask = mask.new_zeros(rows, width + n)
+    at = torch.zeros(rows, n, dtype=torch.long, device=embeds.device)
+    valid = torch.zeros(rows, n, device=embeds.device)
     for b in range(rows):
         c = int(counts[b])
         shift = n - c
         out[b, shift : shift + width], out_mask[b, shift : shift + width] = embeds[b], mask[b]
-        out[b, shift + width :], out_mask[b, shift + width :] = vectors[b, :c].to(embeds.dtype), 1
-    return out, out_mask
+        out_mask[b, shift + width :] = 1
+        at[b, :c], valid[b, :c] = torch.arange(shift + width, width + n), 1
+    return out, out_mask, at, valid
+
+
+@contextmanager
+def layer_inputs(model, at: torch.Tensor, valid: torch.Tensor, states: torch.Tensor):
+    """Within: the input of every decoder layer j at row b's position at[b, i] (wherever valid[b, i]) is
+    states[b, i, j] ([B, K, L, D]): the positions hold the contemplator's states at every layer, so the decoder
+    attends to keys and values made from them (CCoT's decoder reads the contemplator's key-value cache). Only in
+    forward passes whose sequence reaches those positions: generation's later steps, one new token each, pass."""
+    last = int(at.max()) if at.numel() else -1
+
+    def fill(j):
+        def pre(module, args):
+            if args[0].shape[1] <= last:
+                return None
+            return (put_vectors(args[0], at, valid, states[:, :, j]), *args[1:])
+        return pre
+
+    hooks = [block.register_forward_pre_hook(fill(j)) for j, block in enumerate(decoder_layers(model))]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 class EndHead(torch.nn.Module):
@@ -205,12 +234,13 @@ class CoconutThinker:
 
     def prompt(self, model, input_ids: torch.Tensor, mask: torch.Tensor):
         embeds = fill_latents(model, input_ids, mask, self.spec["latent"], self.spec["thoughts"])
-        return embeds, mask, [self.spec["thoughts"]] * len(input_ids)
+        return embeds, mask, [self.spec["thoughts"]] * len(input_ids), nullcontext()
 
 
 class CCoTThinker:
     """A CCoT model's thinking: the contemplator contemplates after the prompt until its END head says stop or
-    `cap` positions; the decoder then reads the prompt's embeddings followed by the contemplation vectors."""
+    `cap` positions; the decoder then answers after the prompt and as many positions, whose input at every layer is
+    the contemplator's there (`layer_inputs`)."""
 
     suffix: list[int] = []
 
@@ -222,15 +252,17 @@ class CCoTThinker:
         self.end = EndHead.load(Path(model_dir) / END_HEAD).to(device)
 
     def prompt(self, model, input_ids: torch.Tensor, mask: torch.Tensor):
-        vectors, _, counts = contemplate(self.phi, input_ids, mask, self.layer, self.cap, self.end)
-        embeds, mask = place_contemplation(model.get_input_embeddings()(input_ids), mask, vectors, counts)
-        return embeds, mask, counts.tolist()
+        states, counts = contemplate(self.phi, input_ids, mask, self.layer, self.cap, self.end)
+        embeds, mask, at, valid = place_contemplation(model.get_input_embeddings()(input_ids), mask, counts,
+                                                      states.shape[1])
+        return embeds, mask, counts.tolist(), layer_inputs(model, at, valid, states[:, :, :-1])
 
 
 def load_thinker(model_dir: str | Path, dtype=torch.float32, device="cpu"):
     """How a model thinks before it answers, for the hf engine: a CoconutThinker, a CCoTThinker, or None (in
     tokens). Each has `suffix` (token ids put after the prompt) and `prompt(model, input_ids, mask) -> (inputs
-    embeds, mask, latent positions per row)` on left-padded prompts, ready for `generate(inputs_embeds=...)`."""
+    embeds, mask, latent positions per row, a context to generate in)` on left-padded prompts, ready for
+    `generate(inputs_embeds=...)` (the context puts what the embeddings cannot carry: CCoT's layer inputs)."""
     if spec := read_spec(model_dir):
         return CoconutThinker(spec)
     if spec := read_ccot_spec(model_dir):

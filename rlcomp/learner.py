@@ -26,6 +26,7 @@ from torch.distributed.fsdp import fully_shard  # FSDP2
 
 from rlcomp.cluster import PlacementError, fmt_resources, kill, name_actor, release, reserve
 from rlcomp.latent import SPEC_FILE
+from rlcomp.models import decoder_layers
 from rlcomp.schema import LearnerConfig, LoraConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
@@ -70,12 +71,6 @@ def build_model(path: str, head: str = "causal_lm", lora: LoraConfig | None = No
         model = get_peft_model(model, PeftLora(r=lora.r, lora_alpha=lora.alpha, target_modules=lora.targets,
                                                lora_dropout=lora.dropout))
     return model
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks (FSDP2 shards one unit per block), through a peft wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return list(base.model.layers)
 
 
 def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None, lora_scale: float = 1.0,

@@ -100,3 +100,9 @@ def load_tokenizer(model: str | Path):
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The transformer blocks (FSDP2 shards one unit per block), through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.model.layers)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -115,18 +116,19 @@ class HFEngine:
             input_ids, attention = input_ids.to(self.device), attention.to(self.device)
             # A latent model's prompt ends in its thoughts, given as embeddings; generate then returns only the new
             # tokens (it does so when given embeddings alone).
-            latent = [0] * len(chunk)
+            latent, within = [0] * len(chunk), nullcontext()
             if self.thinker:
-                embeds, attention, latent = self.thinker.prompt(self.model, input_ids, attention)
+                embeds, attention, latent, within = self.thinker.prompt(self.model, input_ids, attention)
                 prompt = {"inputs_embeds": embeds}
             else:
                 prompt = {"input_ids": input_ids}
-            out = self.model.generate(
-                **prompt, attention_mask=attention,
-                max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=stop,
-                return_dict_in_generate=True, output_logits=params.logprobs,
-                **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
-            )
+            with within:
+                out = self.model.generate(
+                    **prompt, attention_mask=attention,
+                    max_new_tokens=params.max_tokens, do_sample=sampling, pad_token_id=pad, eos_token_id=stop,
+                    return_dict_in_generate=True, output_logits=params.logprobs,
+                    **({"temperature": params.temperature, "top_p": params.top_p, "top_k": 0} if sampling else {}),
+                )
             new_tokens = out.sequences if self.thinker else out.sequences[:, width:]
             logprobs = None
             if params.logprobs:  # raw logits of each step -> log-prob of the token actually drawn

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from rlcomp.config import load_recipe, validate_recipe
 from rlcomp.data import get_task
-from rlcomp.latent import (CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD, EndHead, contemplate, latent_kind, positions,
-                           place_contemplation, read_ccot_spec)
+from rlcomp.latent import (CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD, EndHead, cached, contemplate, latent_kind,
+                           layer_inputs, place_contemplation, positions, read_ccot_spec)
 from rlcomp.losses import LOSSES
 from rlcomp.losses.ccot import gather, normalised_mse, phi_forward
 from rlcomp.models import load_tokenizer
@@ -108,22 +108,49 @@ def test_contemplation_feeds_back_the_layer_l_state_of_the_position_before(tiny_
     ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 4]])  # left padding, as the engine and the stage give prompts
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     with torch.no_grad():
-        vectors, finals, counts = contemplate(model, ids, mask, layer=1, steps=3)
+        states, counts = contemplate(model, ids, mask, layer=1, steps=3)
         prompt_states = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                               output_hidden_states=True).hidden_states
-        inputs = torch.cat([prompt_states[0], prompt_states[1][:, -1:], vectors[:, :2]], 1)
+        inputs = torch.cat([prompt_states[0], prompt_states[1][:, -1:], states[:, :2, 1]], 1)
         full_mask = torch.cat([mask, torch.ones(2, 3, dtype=torch.long)], 1)
-        states = model(inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions(full_mask),
-                       output_hidden_states=True).hidden_states
-    assert vectors.shape == finals.shape == (2, 3, 64) and counts.tolist() == [3, 3]
+        full = model(inputs_embeds=inputs, attention_mask=full_mask, position_ids=positions(full_mask),
+                     output_hidden_states=True).hidden_states
+    assert states.shape == (2, 3, len(full), 64) and counts.tolist() == [3, 3]
     # fed the layer-1 state of the position before (the first: the prompt's last token's), one pass over the whole
-    # sequence gives back contemplate's layer-1 states at the contemplation positions, and its last-layer ones
-    torch.testing.assert_close(states[1][:, 4:7], vectors, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(states[-1][:, 4:7], finals, atol=1e-5, rtol=1e-5)
+    # sequence gives back contemplate's states at the contemplation positions, at every layer
+    for j in range(len(full)):
+        torch.testing.assert_close(full[j][:, 4:7], states[:, :, j], atol=1e-5, rtol=1e-5)
     # placed for the decoder: every row ends at the right edge, a row that contemplated less padded on the left
-    embeds, placed = place_contemplation(torch.zeros(2, 4, 64), mask, vectors, torch.tensor([3, 1]))
+    embeds, placed, at, valid = place_contemplation(torch.ones(2, 4, 64), mask, torch.tensor([3, 1]), 3)
     assert placed.tolist() == [[1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]]
-    assert torch.equal(embeds[0, 4:], vectors[0]) and torch.equal(embeds[1, 6], vectors[1, 0])
+    assert at.tolist() == [[4, 5, 6], [6, 0, 0]] and valid.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert embeds[0, :4].eq(1).all() and embeds[1, 2:6].eq(1).all() and embeds[1, :2].eq(0).all()
+
+
+def test_the_decoder_attends_to_the_contemplators_states_at_every_layer(tiny_model):
+    # With the contemplator's states put at every decoder layer's input, a decoder with the contemplator's weights
+    # reproduces the contemplator's states there; the answer after them then sees what it would in the
+    # contemplator's own sequence, and generation's one-token steps are left alone.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ids, mask = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 4]]), torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        states, counts = contemplate(model, ids, mask, layer=1, steps=3)
+        embeds, placed, at, valid = place_contemplation(model.get_input_embeddings()(ids), mask, counts, 3)
+        plain = model(inputs_embeds=embeds, attention_mask=placed, position_ids=positions(placed),
+                      output_hidden_states=True, use_cache=True)
+        with layer_inputs(model, at, valid, states[:, :, :-1]):
+            out = model(inputs_embeds=embeds, attention_mask=placed, position_ids=positions(placed),
+                        output_hidden_states=True, use_cache=True)
+            longer = torch.cat([placed, torch.ones(2, 1, dtype=torch.long)], 1)  # one more token: 3
+            step = model(input_ids=torch.tensor([[3], [3]]), attention_mask=longer,
+                         position_ids=positions(longer)[:, -1:], **cached(out))
+            whole = model(inputs_embeds=torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[3], [3]]))], 1),
+                          attention_mask=longer, position_ids=positions(longer))
+    for j in range(len(out.hidden_states)):
+        torch.testing.assert_close(out.hidden_states[j][:, 4:7], states[:, :, j], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain.hidden_states[2][:, 4:7], states[:, :, 2], atol=1e-3)  # without: not so
+    # a generation step after the cached prompt: as the whole sequence in one pass
+    torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_the_end_head_stops_each_row_and_the_cap_stops_the_rest(tiny_model):
@@ -139,10 +166,10 @@ def test_the_end_head_stops_each_row_and_the_cap_stops_the_rest(tiny_model):
         return stop
 
     with torch.no_grad():
-        vectors, _, counts = contemplate(model, ids, mask, layer=1, steps=5, stop=says_stop([2, 0]))
-        assert counts.tolist() == [2, 5] and vectors.shape[1] == 5  # row 1 runs to the cap
-        vectors, _, counts = contemplate(model, ids, mask, layer=1, steps=5, stop=says_stop([3, 1]))
-        assert counts.tolist() == [3, 1] and vectors.shape[1] == 3  # every row stopped: no more passes
+        states, counts = contemplate(model, ids, mask, layer=1, steps=5, stop=says_stop([2, 0]))
+        assert counts.tolist() == [2, 5] and states.shape[1] == 5  # row 1 runs to the cap
+        states, counts = contemplate(model, ids, mask, layer=1, steps=5, stop=says_stop([3, 1]))
+        assert counts.tolist() == [3, 1] and states.shape[1] == 3  # every row stopped: no more passes
     head = EndHead(2)  # linear: stop where h0 - h1 > 0.5
     with torch.no_grad():
         head.net[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
@@ -171,14 +198,15 @@ def test_the_end_head_learns_to_stop_at_k_from_states_past_it(hidden, tmp_path):
     assert [first_stop(again(f)) for f in finals] == ks and len(again.net) == (3 if hidden else 1)
 
 
-def test_the_decoder_batch_takes_as_many_vectors_as_each_row_contemplated():
+def test_the_decoder_batch_takes_as_many_positions_as_each_row_contemplated():
     rows = [Row(prompt=[1, 2, 3], chain=[9] * 8, answer=[7, 0], spots=[1, 3, 5, 7]),
             Row(prompt=[4, 5], chain=[9] * 4, answer=[6, 7, 0], spots=[1, 3])]
-    vectors = [torch.ones(1, 4), 2 * torch.ones(3, 4)]  # the END head stopped row 0 early and row 1 late
-    batch = decode_batch(rows, vectors, pad=0)
+    states = [torch.ones(1, 2, 4), 2 * torch.ones(3, 2, 4)]  # the END head stopped row 0 early and row 1 late
+    batch = decode_batch(rows, states, pad=0)
     assert batch["ccot_at"].tolist() == [[3, 0, 0], [2, 3, 4]]
     assert batch["ccot_valid"].tolist() == [[1, 0, 0], [1, 1, 1]]
-    assert batch["ccot_vectors"][1].tolist() == [[2.0] * 4] * 3 and batch["ccot_vectors"][0, 0].tolist() == [1.0] * 4
+    assert batch["ccot_states"].shape == (2, 3, 2, 4)
+    assert batch["ccot_states"][1].eq(2).all() and batch["ccot_states"][0, 0].eq(1).all()
     assert batch["attention_mask"].tolist() == [[1] * 6 + [0] * 2, [1] * 8]
     # the loss is on the answer, after the contemplation positions
     assert batch["targets"].tolist() == [[-100, -100, -100, 7, 0, -100, -100, -100],

@@ -7,19 +7,21 @@ its own forward, and the contemplation pass the stage runs on the learner (`Lear
   z_{i-1}^l (z_0: the prompt's last token); the loss compares phi's layer-j state there with z_i^j:
   (1/k) sum_i MSE(z_i^j, zhat_i^j) / var(z_i^j), MSE and variance over the hidden dimension, per sequence
   (normaliser: sequences).
-- `ccot_decode`: the decoder psi, SFT on the answer after [prompt; contemplation vectors] (the vectors phi made,
-  carried in the batch and put in place of the contemplation positions' embeddings).
+- `ccot_decode`: the decoder psi, SFT on the answer after [prompt; contemplation positions], the input of each of
+  its decoder layers there the state phi had at that layer (carried in the batch), so that psi attends to keys and
+  values made from phi's states, as the paper's psi reads phi's key-value cache.
 
 Batch fields (K: the most contemplation positions of a row): `ccot_at` [B, K] where contemplation i sits in the
 model's sequence, `ccot_valid` [B, K] 1 for a row's real ones; phi also `ccot_src` / `ccot_dst` [B, K] (the gold
 positions of its inputs and targets), `ccot_mask` (phi's attention mask), `ccot_layer` j and `feedback_layer` l
-(hidden-state indices: 0 the embeddings, L the last layer); psi `ccot_vectors` [B, K, D].
+(hidden-state indices: 0 the embeddings, L the last layer); psi `ccot_states` [B, K, L, D] (decoder layer j's
+input at contemplation i).
 """
 from __future__ import annotations
 
 import torch
 
-from rlcomp.latent import contemplate, positions, put_vectors
+from rlcomp.latent import contemplate, layer_inputs, positions, put_vectors
 from rlcomp.losses import register_loss
 from rlcomp.losses.cot_valve import per_sample_lora_scale
 from rlcomp.losses.sft import sft_loss
@@ -61,24 +63,21 @@ def ccot_phi_loss(outputs: dict, batch: dict):
 
 
 def decode_forward(model, batch: dict) -> torch.Tensor:
-    """One pass on the token ids, the contemplation vectors put in place of their positions' embeddings as the
-    embedding layer returns them (inside the model's forward, where FSDP has the embedding's weights)."""
+    """One pass on the token ids, the contemplator's states put at the contemplation positions' inputs of every
+    decoder layer (`layer_inputs`)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    place = lambda module, args, out: put_vectors(out, batch["ccot_at"], batch["ccot_valid"], batch["ccot_vectors"])  # noqa: E731
-    hook = model.get_input_embeddings().register_forward_hook(place)
-    try:
+    with layer_inputs(model, batch["ccot_at"], batch["ccot_valid"], batch["ccot_states"]):
         return model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False).logits.float()
-    finally:
-        hook.remove()
 
 
-register_loss("ccot_decode", requires=("targets", "ccot_at", "ccot_valid", "ccot_vectors"), normaliser="tokens",
+register_loss("ccot_decode", requires=("targets", "ccot_at", "ccot_valid", "ccot_states"), normaliser="tokens",
               forward=decode_forward)(sft_loss)
 
 
-def contemplate_batch(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def contemplate_batch(model, batch: dict) -> torch.Tensor:
     """For `LearnerGroup.apply`: phi's contemplation after the batch's left-padded prompts, `ccot_steps`
-    positions (the same on every rank), fed back from hidden-state index `feedback_layer`; (vectors, finals)."""
-    vectors, finals, _ = contemplate(model, batch["input_ids"], batch["attention_mask"], int(batch["feedback_layer"]),
-                                     int(batch["ccot_steps"]))
-    return vectors.float(), finals.float()
+    positions (the same on every rank), fed back from hidden-state index `feedback_layer`; every hidden state
+    there ([B, n, L + 1, D]), in the precision the learner computes in (the stage keeps them all for psi)."""
+    states, _ = contemplate(model, batch["input_ids"], batch["attention_mask"], int(batch["feedback_layer"]),
+                            int(batch["ccot_steps"]))
+    return states

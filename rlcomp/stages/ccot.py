@@ -13,11 +13,14 @@ learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instea
    The gold states are computed in the same forward with phi's LoRA branches zeroed (theta, exactly).
 3. phi contemplates autoregressively on every training prompt (2k positions, or the cap; each input the
    layer-l state phi made at the position before: rlcomp/latent.py `contemplate`); its layer-l states there are
-   the contemplation vectors.
+   the contemplation tokens, and its states at every layer there are kept for psi (rows x 2k x (L + 1) x D
+   values, in the learner's precision).
 4. The END head: a binary classifier on phi's last-layer state at each contemplation position (stop from the k-th
    on), one hidden layer (`end_head_hidden`) trained by Adam on those autoregressive states.
-5. The decoder psi (a LoRA adapter on theta, `psi_lora`): SFT on the answer after [prompt; contemplation vectors],
-   as many vectors as the END head lets phi make (`psi_contemplation: end_head`), or exactly k (`gold`).
+5. The decoder psi (a LoRA adapter on theta, `psi_lora`): SFT on the answer after [prompt; contemplation
+   positions], the input of each decoder layer there phi's state at that layer (rlcomp/latent.py
+   `layer_inputs`), so that psi attends to keys and values made from phi's states; as many positions as the END
+   head lets phi make (`psi_contemplation: end_head`), or exactly k (`gold`).
 
 The saved model (rlcomp/latent.py) is psi merged, a plain Hugging Face model, with `contemplator/` (phi merged),
 `end_head.safetensors` and `ccot.json` ({layer, r, cap}). Wherever it generates (eval, sample, compare: the hf
@@ -25,10 +28,9 @@ engine, which `auto` picks), phi contemplates until the END head says stop or `c
 then psi answers; the contemplation positions count in the response length (`latent_positions`).
 
 Deviations from the paper:
-- psi reads the contemplation vectors as its input embeddings and processes them with its own layers; the
-  paper's psi attends to phi's key-value cache and unfreezes phi's layers after l, a part psi's own (LoRA-adapted)
-  layers play here.
-- psi trains on as many contemplation vectors as the END head gives at inference; the paper trains it on the
+- The paper's psi attends to phi's key-value cache and unfreezes phi's layers after l; here psi attends to keys
+  and values its own (LoRA-adapted) projections make from phi's states at every layer, and phi stays frozen.
+- psi trains on as many contemplation positions as the END head gives at inference; the paper trains it on the
   gold k (`psi_contemplation: gold`). Where k depends on the problem (the chain's length, here its carries), a
   psi that always saw k fails on every prompt where the head misses it.
 - phi is one adapter on every layer, trained a layer at a time (the others get no gradient), rather than a new
@@ -67,7 +69,7 @@ class Config(StageConfig):
     psi_steps: int = Field(1000, gt=0)
     end_head_hidden: int = Field(256, ge=0)  # the END head's hidden units (0: linear, logistic regression)
     end_head_steps: int = Field(10000, gt=0)  # Adam steps on 512 positions each
-    # psi learns the answer after as many contemplation vectors as the END head lets phi make (`end_head`, as at
+    # psi learns the answer after as many contemplation positions as the END head lets phi make (`end_head`, as at
     # inference) or after exactly k (`gold`)
     psi_contemplation: Literal["end_head", "gold"] = "end_head"
     batch_size: int = Field(32, gt=0)
@@ -175,22 +177,22 @@ def phi_batch(rows: list[Row], layer: int, feedback: int, pad: int) -> dict:
             "ccot_layer": layer, "feedback_layer": feedback}
 
 
-def decode_batch(rows: list[Row], vectors: list, pad: int) -> dict:
-    """psi's micro-batch: [prompt; n contemplation positions; answer] right-padded, the loss on the answer, the
-    vectors phi made (vectors[b]: [n_b, D]) put at the contemplation positions."""
+def decode_batch(rows: list[Row], states: list, pad: int) -> dict:
+    """psi's micro-batch: [prompt; n contemplation positions; answer] right-padded, the loss on the answer, phi's
+    states there (states[b]: [n_b, L, D], decoder layer j's input at contemplation i) to put at every layer."""
     import torch
 
     from rlcomp.batching import collate_padded
 
-    n = [len(v) for v in vectors]
+    n = [len(s) for s in states]
     batch = collate_padded([(row.prompt + [pad] * c + row.answer, len(row.prompt) + c) for row, c in zip(rows, n)], pad)
-    stacked = torch.zeros(len(rows), max(n), vectors[0].shape[-1])
+    stacked = torch.zeros(len(rows), max(n), *states[0].shape[1:], dtype=states[0].dtype)
     at = torch.zeros(len(rows), max(n), dtype=torch.long)
     valid = torch.zeros(len(rows), max(n))
-    for b, (row, v) in enumerate(zip(rows, vectors)):
-        stacked[b, : len(v)], valid[b, : len(v)] = v, 1
-        at[b, : len(v)] = torch.arange(len(row.prompt), len(row.prompt) + len(v))
-    return {**batch, "ccot_at": at, "ccot_valid": valid, "ccot_vectors": stacked}
+    for b, (row, s) in enumerate(zip(rows, states)):
+        stacked[b, : len(s)], valid[b, : len(s)] = s, 1
+        at[b, : len(s)] = torch.arange(len(row.prompt), len(row.prompt) + len(s))
+    return {**batch, "ccot_at": at, "ccot_valid": valid, "ccot_states": stacked}
 
 
 def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: int = 0):
@@ -297,7 +299,7 @@ def run(cfg: Config, run, model: str | None) -> str:
 
     # phi contemplates on every training prompt, past the gold k (to 2k or the cap), for the END head and psi
     window = [min(cap, 2 * row.k) for row in rows]
-    vectors, finals = [None] * len(rows), [None] * len(rows)
+    states = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
     for start in range(0, len(order), cfg.batch_size):
         chunk = order[start : start + cfg.batch_size]
@@ -305,14 +307,15 @@ def run(cfg: Config, run, model: str | None) -> str:
         steps = max(window[i] for i in chunk)  # the same passes on every rank
         mbs = [dict(zip(("input_ids", "attention_mask"), padded([rows[i].prompt for i in part], pad, left=True)),
                     feedback_layer=layer, ccot_steps=steps) for part in parts]
-        for part, (v, f) in zip(parts, group.apply(contemplate_batch, mbs)):
+        for part, made in zip(parts, group.apply(contemplate_batch, mbs)):
             for b, i in enumerate(part):
-                vectors[i], finals[i] = v[b, : window[i]].clone(), f[b, : window[i]].clone()
+                states[i] = made[b, : window[i]].clone()
     contemplator = run.stage_dir() / CONTEMPLATOR
     group.save_model(contemplator)
     group.shutdown()
     shutil.rmtree(contemplator / "adapter", ignore_errors=True)
 
+    finals = [s[:, -1] for s in states]
     head, summary["end_head"], stops = train_end_head(finals, ks, cfg.end_head_steps, cfg.end_head_hidden, run.seed)
     fit = summary["end_head"]
     console.print(f"ccot: END head on {fit['positions']} positions: accuracy {fit['accuracy']:.3f}, stops exactly "
@@ -320,10 +323,10 @@ def run(cfg: Config, run, model: str | None) -> str:
     # A decoder trained on exactly k vectors fails where the head stops elsewhere (measured at r 0.5 on 2-digit
     # sums: 1.000 given each problem's k, 0.340 with the head), so by default psi reads what inference gives it.
     counts = stops if cfg.psi_contemplation == "end_head" else ks
-    vectors = [v[:c] for v, c in zip(vectors, counts)]
+    states = [s[:c, :-1].clone() for s, c in zip(states, counts)]  # the decoder layers' inputs (the last state: none)
     del finals
 
-    # psi: the answer after the contemplation vectors
+    # psi: the answer after the contemplation positions, phi's states at every layer there
     learner = cfg.learner.model_copy(update={"lora": cfg.psi_lora})
     group = LearnerGroup(model, learner, cfg.optim, total_steps=cfg.psi_steps, seed=run.seed, name="psi learner")
     run.record_precision("psi learner", group.precision)
@@ -332,7 +335,7 @@ def run(cfg: Config, run, model: str | None) -> str:
         for step in range(cfg.psi_steps):
             indices = next(batches)
             targets = sum(len(rows[i].answer) for i in indices)
-            mbs = [decode_batch([rows[i] for i in part], [vectors[i] for i in part], pad)
+            mbs = [decode_batch([rows[i] for i in part], [states[i] for i in part], pad)
                    | {"step_target_tokens": targets} for part in deal(indices, n_micro)]
             metrics = group.train_step(mbs, "ccot_decode")
             losses.append(metrics["loss"])
