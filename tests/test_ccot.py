@@ -77,6 +77,31 @@ def test_gold_states_are_the_frozen_models_whatever_phis_adapter_learned(tiny_mo
     assert not torch.allclose(out["pred"], out["target"])
 
 
+def test_phi_on_its_own_inputs_sees_what_it_makes_contemplating_alone(tiny_model):
+    # phi_inputs: own. Fed the states phi makes contemplating on its own, its layer-j states at the contemplation
+    # positions are those of the contemplation itself (what inference will feed it), not the teacher-forced ones.
+    from rlcomp.learner import build_model
+    from rlcomp.schema import LoraConfig
+
+    rows, pad = addition_rows(tiny_model)
+    rows = rows[:3]
+    phi = build_model(tiny_model, lora=LoraConfig(r=4, alpha=8)).eval()
+    with torch.no_grad():
+        for name, p in phi.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        steps = max(row.k for row in rows)
+        batch = phi_batch(rows, layer=2, feedback=1, pad=pad, own_steps=steps)
+        own = phi_forward(phi, batch)
+        forced = phi_forward(phi, phi_batch(rows, layer=2, feedback=1, pad=pad))
+        states, _ = contemplate(phi, batch["ccot_prompt_ids"], batch["ccot_prompt_mask"], 1, steps)
+    valid = batch["ccot_valid"].bool()
+    assert batch["ccot_own_steps"] == steps and valid.sum() < valid.numel()  # rows of different k
+    torch.testing.assert_close(own["pred"][valid], states[:, :, 2][valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(own["target"], forced["target"])  # the same gold targets
+    assert not torch.allclose(own["pred"][valid], forced["pred"][valid], atol=1e-3)
+
+
 @pytest.mark.e2e
 def test_phi_trains_one_layer_at_a_time(ray_cluster, tiny_model):
     from rlcomp.config import LearnerConfig, OptimConfig

@@ -4,7 +4,8 @@ its own forward, and the contemplation pass the stage runs on the learner (`Lear
 - `ccot_phi`: the contemplator phi, teacher-forced. The batch holds the gold sequences [prompt; chain]
   (`input_ids`); a forward of the frozen model (the LoRA branches zeroed) gives the gold states z at every layer.
   phi's sequence is [prompt; k contemplation positions], contemplation i's input embedding the gold layer-l state
-  z_{i-1}^l (z_0: the prompt's last token); the loss compares phi's layer-j state there with z_i^j:
+  z_{i-1}^l (z_0: the prompt's last token), or with `ccot_own_steps` the layer-l state phi itself made at the
+  position before, contemplating on its own (no gradient); the loss compares phi's layer-j state there with z_i^j:
   (1/k) sum_i MSE(z_i^j, zhat_i^j) / var(z_i^j), MSE and variance over the hidden dimension, per sequence
   (normaliser: sequences).
 - `ccot_decode`: the decoder psi, SFT on the answer after [prompt; contemplation positions], the input of each of
@@ -39,9 +40,16 @@ def phi_forward(model, batch: dict) -> dict:
     with torch.no_grad(), per_sample_lora_scale(model, torch.zeros(len(ids), device=ids.device)):  # theta: gold
         gold = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
                      use_cache=False).hidden_states
+    if "ccot_own_steps" in batch:  # phi's inputs: the states it makes contemplating on its own, as at inference
+        with torch.no_grad():
+            own, _ = contemplate(model, batch["ccot_prompt_ids"], batch["ccot_prompt_mask"], l,
+                                 int(batch["ccot_own_steps"]))
+        inputs = own[:, : at.shape[1], 0]  # hidden-state index 0 at contemplation i: its input, phi's state before
+    else:
+        inputs = gather(gold[l], batch["ccot_src"])
     phi_mask = batch["ccot_mask"]
     # phi's prompt embeddings are the gold pass's (the same tokens; the embedding has no LoRA branch)
-    embeds = put_vectors(gold[0][:, : phi_mask.shape[1]], at, valid, gather(gold[l], batch["ccot_src"]))
+    embeds = put_vectors(gold[0][:, : phi_mask.shape[1]], at, valid, inputs)
     hidden = model(inputs_embeds=embeds, attention_mask=phi_mask, position_ids=positions(phi_mask),
                    output_hidden_states=True, use_cache=False).hidden_states[j]
     return {"pred": gather(hidden, at).float(), "target": gather(gold[j], batch["ccot_dst"]).float(), "valid": valid}

@@ -66,6 +66,10 @@ class Config(StageConfig):
     phi_lora: LoraConfig = LoraConfig(r=32, alpha=64)  # the paper: r 128 (LLaMA-2-7B)
     psi_lora: LoraConfig = LoraConfig(r=16, alpha=32)  # the paper: r 64
     phi_steps_per_layer: int = Field(100, gt=0)
+    # phi's inputs in training: the gold states (`gold`, teacher-forced, the paper) or the states it made itself
+    # contemplating on its own (`own`, as at inference, no gradient through them): taught on gold inputs, its
+    # states drift from the gold ones when fed back (README)
+    phi_inputs: Literal["gold", "own"] = "gold"
     psi_steps: int = Field(1000, gt=0)
     end_head_hidden: int = Field(256, ge=0)  # the END head's hidden units (0: linear, logistic regression)
     end_head_steps: int = Field(10000, gt=0)  # Adam steps on 512 positions each
@@ -159,16 +163,22 @@ def slots(rows: list[Row], width: int, fill):
     return out
 
 
-def phi_batch(rows: list[Row], layer: int, feedback: int, pad: int) -> dict:
-    """phi's teacher-forced micro-batch for phase `layer` (rlcomp/losses/ccot.py): the gold sequences [prompt;
-    chain] right-padded; contemplation i (0-based) sits at len(prompt) + i in phi's sequence, takes the gold state
-    at the position before gold spot i (the prompt's last token for the first), and targets gold spot i."""
+def phi_batch(rows: list[Row], layer: int, feedback: int, pad: int, own_steps: int | None = None) -> dict:
+    """phi's micro-batch for phase `layer` (rlcomp/losses/ccot.py): the gold sequences [prompt; chain]
+    right-padded; contemplation i (0-based) sits at len(prompt) + i in phi's sequence, takes the gold state at the
+    position before gold spot i (the prompt's last token for the first), and targets gold spot i. With
+    `own_steps` (the step's largest k, the same on every rank): the prompts left-padded too, for phi to
+    contemplate that many positions and take its own states as inputs instead (`phi_inputs: own`)."""
     import torch
 
     width = max(row.k for row in rows)
     input_ids, mask = padded([row.prompt + row.chain for row in rows], pad)
     phi_len = torch.tensor([len(row.prompt) + row.k for row in rows])
-    return {"input_ids": input_ids, "attention_mask": mask,
+    own = {}
+    if own_steps is not None:
+        own = dict(zip(("ccot_prompt_ids", "ccot_prompt_mask"), padded([row.prompt for row in rows], pad, left=True)))
+        own["ccot_own_steps"] = own_steps
+    return {"input_ids": input_ids, "attention_mask": mask, **own,
             "ccot_mask": (torch.arange(int(phi_len.max()))[None] < phi_len[:, None]).long(),
             "ccot_at": slots(rows, width, lambda row, i: len(row.prompt) + i),
             "ccot_src": slots(rows, width, lambda row, i: len(row.prompt) + (row.spots[i - 1] if i else -1)),
@@ -286,7 +296,8 @@ def run(cfg: Config, run, model: str | None) -> str:
             losses = []
             for _ in range(cfg.phi_steps_per_layer):
                 indices = next(batches)
-                mbs = [phi_batch([rows[i] for i in part], j, layer, pad) | {"step_sequences": len(indices)}
+                own = max(rows[i].k for i in indices) if cfg.phi_inputs == "own" else None
+                mbs = [phi_batch([rows[i] for i in part], j, layer, pad, own) | {"step_sequences": len(indices)}
                        for part in deal(indices, n_micro)]
                 metrics = group.train_step(mbs, "ccot_phi")
                 losses.append(metrics["loss"])
