@@ -11,6 +11,8 @@ learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instea
    the paper does: in phase j (1..L) only decoder layer j's adapter trains, on the layer-j states,
    (1/k) sum_i MSE(z_i^j, zhat_i^j) / var(z_i^j) (rlcomp/losses/ccot.py), `phi_steps_per_layer` steps each.
    The gold states are computed in the same forward with phi's LoRA branches zeroed (theta, exactly).
+   `phi_inputs: own` feeds phi the states it makes contemplating on its own instead (no gradient through them),
+   as inference does; the targets stay the gold states.
 3. phi contemplates autoregressively on every training prompt (2k positions, or the cap; each input the
    layer-l state phi made at the position before: rlcomp/latent.py `contemplate`); its layer-l states there are
    the contemplation tokens, and its states at every layer there are kept for psi (rows x 2k x (L + 1) x D
@@ -331,8 +333,9 @@ def run(cfg: Config, run, model: str | None) -> str:
     fit = summary["end_head"]
     console.print(f"ccot: END head on {fit['positions']} positions: accuracy {fit['accuracy']:.3f}, stops exactly "
                   f"at k on {fit['stops_at_k']:.0%} of the training prompts, before k on {fit['stops_early']:.0%}")
-    # A decoder trained on exactly k vectors fails where the head stops elsewhere (measured at r 0.5 on 2-digit
-    # sums: 1.000 given each problem's k, 0.340 with the head), so by default psi reads what inference gives it.
+    # A decoder trained on exactly k positions fails where the head stops elsewhere (measured with psi reading the
+    # vectors as input embeddings, r 0.5, 2-digit sums: 1.000 given each problem's k, 0.340 with the head), so by
+    # default psi reads what inference gives it.
     counts = stops if cfg.psi_contemplation == "end_head" else ks
     states = [s[:c, :-1].clone() for s, c in zip(states, counts)]  # the decoder layers' inputs (the last state: none)
     del finals
