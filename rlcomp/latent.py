@@ -81,7 +81,8 @@ def fill_latents(model, input_ids: torch.Tensor, mask: torch.Tensor, latent_id: 
 
 # Compressed Chain of Thought (CCoT, Cheng & Van Durme 2024; rlcomp/stages/ccot.py). A CCoT model directory is
 # the decoder psi as a plain Hugging Face model, with the contemplator phi beside it: `contemplator/` (a Hugging
-# Face model), `end_head.safetensors` (the END head's tensors: `EndHead`) and `ccot.json` ({layer, r, cap}).
+# Face model), `end_head.safetensors` (the END head's tensors: `EndHead`) and `ccot.json` ({layer, r, cap, and
+# `filled_layers` where the decoder reads the contemplator's states at its first decoder layers only}).
 CCOT_SPEC_FILE = "ccot.json"
 CONTEMPLATOR = "contemplator"
 END_HEAD = "end_head.safetensors"
@@ -168,10 +169,11 @@ def place_contemplation(embeds: torch.Tensor, mask: torch.Tensor, counts: torch.
 
 @contextmanager
 def layer_inputs(model, at: torch.Tensor, valid: torch.Tensor, states: torch.Tensor):
-    """Within: the input of every decoder layer j at row b's position at[b, i] (wherever valid[b, i]) is
-    states[b, i, j] ([B, K, L, D]): the positions hold the contemplator's states at every layer, so the decoder
-    attends to keys and values made from them (CCoT's decoder reads the contemplator's key-value cache). Only in
-    forward passes whose sequence reaches those positions: generation's later steps, one new token each, pass."""
+    """Within: the input of decoder layer j at row b's position at[b, i] (wherever valid[b, i]) is states[b, i, j]
+    ([B, K, J, D], J <= L: the first J decoder layers; the layers above compute their own states there): the
+    positions hold the contemplator's states, so the decoder attends to keys and values made from them (CCoT's
+    decoder reads the contemplator's key-value cache). Only in forward passes whose sequence reaches those
+    positions: generation's later steps, one new token each, pass."""
     last = int(at.max()) if at.numel() else -1
 
     def fill(j):
@@ -181,7 +183,7 @@ def layer_inputs(model, at: torch.Tensor, valid: torch.Tensor, states: torch.Ten
             return (put_vectors(args[0], at, valid, states[:, :, j]), *args[1:])
         return pre
 
-    hooks = [block.register_forward_pre_hook(fill(j)) for j, block in enumerate(decoder_layers(model))]
+    hooks = [block.register_forward_pre_hook(fill(j)) for j, block in enumerate(decoder_layers(model)[: states.shape[2]])]
     try:
         yield
     finally:
@@ -248,6 +250,7 @@ class CCoTThinker:
         from transformers import AutoModelForCausalLM
 
         self.layer, self.cap = spec["layer"], spec["cap"]
+        self.filled = spec.get("filled_layers")  # None: every decoder layer reads the contemplator's states
         self.phi = AutoModelForCausalLM.from_pretrained(Path(model_dir) / CONTEMPLATOR, dtype=dtype).to(device).eval()
         self.end = EndHead.load(Path(model_dir) / END_HEAD).to(device)
 
@@ -255,7 +258,7 @@ class CCoTThinker:
         states, counts = contemplate(self.phi, input_ids, mask, self.layer, self.cap, self.end)
         embeds, mask, at, valid = place_contemplation(model.get_input_embeddings()(input_ids), mask, counts,
                                                       states.shape[1])
-        return embeds, mask, counts.tolist(), layer_inputs(model, at, valid, states[:, :, :-1])
+        return embeds, mask, counts.tolist(), layer_inputs(model, at, valid, states[:, :, : self.filled or -1])
 
 
 def load_thinker(model_dir: str | Path, dtype=torch.float32, device="cpu"):

@@ -14,7 +14,7 @@ from rlcomp.latent import (CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD, EndHead, cach
                            layer_inputs, place_contemplation, positions, read_ccot_spec)
 from rlcomp.losses import LOSSES
 from rlcomp.losses.ccot import gather, normalised_mse, phi_forward
-from rlcomp.models import load_tokenizer
+from rlcomp.models import decoder_layers, load_tokenizer
 from rlcomp.prompts import PromptRenderer
 from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, phi_batch, prepare, first_stop,
                                 train_end_head)
@@ -174,6 +174,17 @@ def test_the_decoder_attends_to_the_contemplators_states_at_every_layer(tiny_mod
     for j in range(len(out.hidden_states)):
         torch.testing.assert_close(out.hidden_states[j][:, 4:7], states[:, :, j], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(plain.hidden_states[2][:, 4:7], states[:, :, 2], atol=1e-3)  # without: not so
+    # Filled at the first layers only (`upper_layers: psi` fills up to the feedback layer), the layers above compute
+    # the states there: with the contemplator's weights, the same ones; with other weights above, others.
+    with torch.no_grad(), layer_inputs(model, at, valid, states[:, :, :1]):
+        lower = model(inputs_embeds=embeds, attention_mask=placed, position_ids=positions(placed),
+                      output_hidden_states=True)
+        torch.testing.assert_close(lower.hidden_states[-1][:, 4:7], states[:, :, -1], atol=1e-5, rtol=1e-5)
+        decoder_layers(model)[-1].mlp.down_proj.weight.mul_(2)
+        changed = model(inputs_embeds=embeds, attention_mask=placed, position_ids=positions(placed),
+                        output_hidden_states=True)
+    torch.testing.assert_close(changed.hidden_states[1][:, 4:7], states[:, :, 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(changed.hidden_states[-1][:, 4:7], states[:, :, -1], atol=1e-3)
     # a generation step after the cached prompt: as the whole sequence in one pass
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], atol=1e-5, rtol=1e-5)
 

@@ -22,7 +22,9 @@ learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instea
 5. The decoder psi (a LoRA adapter on theta, `psi_lora`): SFT on the answer after [prompt; contemplation
    positions], the input of each decoder layer there phi's state at that layer (rlcomp/latent.py
    `layer_inputs`), so that psi attends to keys and values made from phi's states; as many positions as the END
-   head lets phi make (`psi_contemplation: end_head`), or exactly k (`gold`).
+   head lets phi make (`psi_contemplation: end_head`), or exactly k (`gold`). With `upper_layers: psi` (the
+   paper's form: phi's layers after l unfrozen) psi reads phi's states up to the feedback layer only and its own
+   trainable layers make the states above it there, with the answer's gradient.
 
 The saved model (rlcomp/latent.py) is psi merged, a plain Hugging Face model, with `contemplator/` (phi merged),
 `end_head.safetensors` and `ccot.json` ({layer, r, cap}). Wherever it generates (eval, sample, compare: the hf
@@ -31,7 +33,9 @@ then psi answers; the contemplation positions count in the response length (`lat
 
 Deviations from the paper:
 - The paper's psi attends to phi's key-value cache and unfreezes phi's layers after l; here psi attends to keys
-  and values its own (LoRA-adapted) projections make from phi's states at every layer, and phi stays frozen.
+  and values its own (LoRA-adapted) projections make from phi's states, and phi stays frozen: at every layer
+  (`upper_layers: phi`, the default), or up to layer l with psi's own layers above it (`psi`: psi's adapter
+  stands for phi's unfrozen later layers, one adapter rather than two).
 - psi trains on as many contemplation positions as the END head gives at inference; the paper trains it on the
   gold k (`psi_contemplation: gold`). Where k depends on the problem (the chain's length, here its carries), a
   psi that always saw k fails on every prompt where the head misses it.
@@ -78,6 +82,9 @@ class Config(StageConfig):
     # psi learns the answer after as many contemplation positions as the END head lets phi make (`end_head`, as at
     # inference) or after exactly k (`gold`)
     psi_contemplation: Literal["end_head", "gold"] = "end_head"
+    # the contemplation positions' states above the feedback layer, as psi reads them: phi's (`phi`), or made by
+    # psi's own trainable layers from phi's states up to layer l (`psi`; the paper unfreezes phi's layers after l)
+    upper_layers: Literal["phi", "psi"] = "phi"
     batch_size: int = Field(32, gt=0)
     micro_batches: int | None = Field(None, gt=0)
     max_length: int = Field(1024, gt=0)
@@ -337,7 +344,9 @@ def run(cfg: Config, run, model: str | None) -> str:
     # vectors as input embeddings, r 0.5, 2-digit sums: 1.000 given each problem's k, 0.340 with the head), so by
     # default psi reads what inference gives it.
     counts = stops if cfg.psi_contemplation == "end_head" else ks
-    states = [s[:c, :-1].clone() for s, c in zip(states, counts)]  # the decoder layers' inputs (the last state: none)
+    # the inputs of the decoder layers that read phi's states (the last state is no layer's input)
+    filled = n_layers if cfg.upper_layers == "phi" else min(layer + 1, n_layers)
+    states = [s[:c, :filled].clone() for s, c in zip(states, counts)]
     del finals
 
     # psi: the answer after the contemplation positions, phi's states at every layer there
@@ -362,7 +371,8 @@ def run(cfg: Config, run, model: str | None) -> str:
     group.shutdown()
     shutil.move(str(contemplator), str(output / CONTEMPLATOR))
     head.save(output / END_HEAD)
-    write_json(output / CCOT_SPEC_FILE, {"layer": layer, "r": cfg.r, "cap": cap})
+    write_json(output / CCOT_SPEC_FILE, {"layer": layer, "r": cfg.r, "cap": cap}
+               | ({"filled_layers": filled} if filled < n_layers else {}))
     summary["psi"] = {"steps": cfg.psi_steps, "first_loss": losses[0], "last_loss": losses[-1]}
     write_json(run.stage_dir() / "phases.json", summary)
     console.print(f"ccot: phi {total} steps over {n_layers} layers, psi {cfg.psi_steps} steps in "
