@@ -183,7 +183,8 @@ def layer_inputs(model, at: torch.Tensor, valid: torch.Tensor, states: torch.Ten
             return (put_vectors(args[0], at, valid, states[:, :, j]), *args[1:])
         return pre
 
-    hooks = [block.register_forward_pre_hook(fill(j)) for j, block in enumerate(decoder_layers(model)[: states.shape[2]])]
+    filled = decoder_layers(model)[: states.shape[2]]
+    hooks = [block.register_forward_pre_hook(fill(j)) for j, block in enumerate(filled)]
     try:
         yield
     finally:

@@ -27,9 +27,10 @@ learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instea
    trainable layers make the states above it there, with the answer's gradient.
 
 The saved model (rlcomp/latent.py) is psi merged, a plain Hugging Face model, with `contemplator/` (phi merged),
-`end_head.safetensors` and `ccot.json` ({layer, r, cap}). Wherever it generates (eval, sample, compare: the hf
-engine, which `auto` picks), phi contemplates until the END head says stop or `cap` = ceil(200 r) positions,
-then psi answers; the contemplation positions count in the response length (`latent_positions`).
+`end_head.safetensors` and `ccot.json` ({layer, r, cap}, and `filled_layers` with `upper_layers: psi`). Wherever
+it generates (eval, sample, compare: the hf engine, which `auto` picks), phi contemplates until the END head says
+stop or `cap` = ceil(200 r) positions, then psi answers; the contemplation positions count in the response length
+(`latent_positions`).
 
 Deviations from the paper:
 - The paper's psi attends to phi's key-value cache and unfreezes phi's layers after l; here psi attends to keys
@@ -349,7 +350,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     states = [s[:c, :filled].clone() for s, c in zip(states, counts)]
     del finals
 
-    # psi: the answer after the contemplation positions, phi's states at every layer there
+    # psi: the answer after the contemplation positions, phi's states there at the layers it reads them
     learner = cfg.learner.model_copy(update={"lora": cfg.psi_lora})
     group = LearnerGroup(model, learner, cfg.optim, total_steps=cfg.psi_steps, seed=run.seed, name="psi learner")
     run.record_precision("psi learner", group.precision)
