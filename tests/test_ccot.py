@@ -13,11 +13,11 @@ from rlcomp.data import get_task
 from rlcomp.latent import (CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD, EndHead, cached, contemplate, latent_kind,
                            layer_inputs, place_contemplation, positions, read_ccot_spec)
 from rlcomp.losses import LOSSES
-from rlcomp.losses.ccot import gather, normalised_mse, phi_forward
+from rlcomp.losses.ccot import gather, gold_batch, normalised_mse, phi_forward
 from rlcomp.models import decoder_layers, load_tokenizer
 from rlcomp.prompts import PromptRenderer
-from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, phi_batch, prepare, first_stop,
-                                train_end_head)
+from rlcomp.stages.ccot import (Config, Row, contemplations, decode_batch, evenly_spaced, first_stop, own_nmse, phi_batch,
+                                prepare, train_end_head)
 
 
 def test_k_and_evenly_spaced_positions_on_hand_values():
@@ -50,6 +50,17 @@ def test_normalised_mse_on_a_hand_example():
     assert loss.item() == pytest.approx((1.5 + 2.0) / 4)
 
 
+def test_phi_own_states_score_zero_on_the_gold_ones_and_one_on_their_mean():
+    torch.manual_seed(0)
+    gold = [torch.randn(3, 3, 8), torch.randn(5, 3, 8)]  # rows of [n positions, L + 1 hidden states, D]
+    assert own_nmse(gold, gold) == [0.0, 0.0]  # layers 1..L (index 0, the input, is left out)
+    means = [g.mean(-1, keepdim=True).expand_as(g) for g in gold]
+    assert own_nmse(means, gold) == pytest.approx([1.0, 1.0])
+    off = [g.clone() for g in gold]
+    off[1][:, 2] += 3 * (gold[1][:, 2] - means[1][:, 2])  # row 1, layer 2: off by 3x its deviation from the mean
+    assert own_nmse(off, gold) == pytest.approx([0.0, (0 + 9) / 2])  # 9 on row 1, 0 on row 0
+
+
 def addition_rows(model, n=8, r=0.25):
     tokenizer = load_tokenizer(model)
     examples = get_task("addition").generate(n, split="train", seed=0, cot="terse")
@@ -75,6 +86,8 @@ def test_gold_states_are_the_frozen_models_whatever_phis_adapter_learned(tiny_mo
                      output_hidden_states=True).hidden_states[2]
     torch.testing.assert_close(out["target"], gather(gold, batch["ccot_dst"]))
     assert not torch.allclose(out["pred"], out["target"])
+    with torch.no_grad():  # the states phi's own contemplation is held against (phases.json's phi_own_nmse)
+        torch.testing.assert_close(gold_batch(phi, batch)[:, :, 2], gather(gold, batch["ccot_dst"]))
 
 
 def test_phi_on_its_own_inputs_sees_what_it_makes_contemplating_alone(tiny_model):
@@ -262,6 +275,7 @@ def test_ccot_recipe_smoke_run_model_contemplates_and_loads_back(ray_cluster, tm
     phases = json.loads((tmp_path / "run/stages/ccot/phases.json").read_text())
     assert [p["layer"] for p in phases["phi"]] == [1, 2] and phases["psi"]["steps"] == ccot.psi_steps
     assert phases["cap"] == 20 and phases["examples"] > 0
+    assert len(phases["phi_own_nmse"]) == 2 and all(0 < x < 100 for x in phases["phi_own_nmse"])
     model_dir = tmp_path / "run/stages/ccot/model"
     assert latent_kind(model_dir) == "ccot" and read_ccot_spec(model_dir) == {"layer": 1, "r": 0.1, "cap": 20}
     assert (model_dir / CONTEMPLATOR / "config.json").is_file() and (model_dir / END_HEAD).is_file()

@@ -33,13 +33,19 @@ def gather(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return states[torch.arange(len(states), device=states.device)[:, None], index]
 
 
+@torch.no_grad()
+def frozen_states(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """The input model theta's hidden states (phi's LoRA branches zeroed): the gold states."""
+    with per_sample_lora_scale(model, torch.zeros(len(ids), device=ids.device)):
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
+                     use_cache=False).hidden_states
+
+
 def phi_forward(model, batch: dict) -> dict:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     j, l = int(batch["ccot_layer"]), int(batch["feedback_layer"])
     at, valid = batch["ccot_at"], batch["ccot_valid"]
-    with torch.no_grad(), per_sample_lora_scale(model, torch.zeros(len(ids), device=ids.device)):  # theta: gold
-        gold = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
-                     use_cache=False).hidden_states
+    gold = frozen_states(model, ids, mask)
     if "ccot_own_steps" in batch:  # phi's inputs: the states it makes contemplating on its own, as at inference
         with torch.no_grad():
             own, _ = contemplate(model, batch["ccot_prompt_ids"], batch["ccot_prompt_mask"], l,
@@ -80,6 +86,14 @@ def decode_forward(model, batch: dict) -> torch.Tensor:
 
 register_loss("ccot_decode", requires=("targets", "ccot_at", "ccot_valid", "ccot_states"), normaliser="tokens",
               forward=decode_forward)(sft_loss)
+
+
+def gold_batch(model, batch: dict) -> torch.Tensor:
+    """For `LearnerGroup.apply`: the frozen model's (phi's LoRA branches zeroed) hidden states at every layer at
+    the gold positions `ccot_dst` of the gold sequences `input_ids` ([B, K, L + 1, D]), to hold phi's own
+    contemplation against."""
+    gold = frozen_states(model, batch["input_ids"], batch["attention_mask"])
+    return torch.stack([gather(h, batch["ccot_dst"]) for h in gold], 2)
 
 
 def contemplate_batch(model, batch: dict) -> torch.Tensor:

@@ -16,7 +16,9 @@ learns to think k = ceil(r * m) contemplation tokens, continuous vectors, instea
 3. phi contemplates autoregressively on every training prompt (2k positions, or the cap; each input the
    layer-l state phi made at the position before: rlcomp/latent.py `contemplate`); its layer-l states there are
    the contemplation tokens, and its states at every layer there are kept for psi (rows x 2k x (L + 1) x D
-   values, in the learner's precision).
+   values, in the learner's precision). On 256 of the prompts they are held against the gold states:
+   `phi_own_nmse` in phases.json, per layer (1 is the mean state's score), says whether phi makes the chain's
+   states on its own, which is all the decoder can read.
 4. The END head: a binary classifier on phi's last-layer state at each contemplation position (stop from the k-th
    on), one hidden layer (`end_head_hidden`) trained by Adam on those autoregressive states.
 5. The decoder psi (a LoRA adapter on theta, `psi_lora`): SFT on the answer after [prompt; contemplation
@@ -249,6 +251,19 @@ def train_end_head(finals: list, ks: list[int], steps: int, hidden: int, seed: i
                   "mean_count": sum(counts) / len(counts)}, counts
 
 
+def own_nmse(own: list, gold: list) -> list[float]:
+    """Per layer 1..L, phi's own contemplation states against the gold ones (own[b], gold[b]: [n_b, L + 1, D], the
+    same n_b positions): the normalised MSE of rlcomp/losses/ccot.py averaged over each row's positions, then over
+    rows. 1 is what the mean state (each position's gold state averaged over its dimensions) scores."""
+    import torch
+
+    from rlcomp.losses.ccot import normalised_mse
+
+    per_row = [normalised_mse(o.transpose(0, 1).float(), g.transpose(0, 1).float(), o.new_ones(o.shape[1], len(o)))
+               for o, g in zip(own, gold) if len(o)]
+    return [round(float(x), 4) for x in torch.stack(per_row).mean(0)[1:]]
+
+
 def first_stop(stops) -> int:
     """How many positions phi contemplates given the head's stop flags: up to the first stop, else all of them."""
     return int(stops.nonzero()[0]) + 1 if stops.any() else len(stops)
@@ -260,7 +275,7 @@ def run(cfg: Config, run, model: str | None) -> str:
     from rlcomp.batching import step_batches
     from rlcomp.latent import CCOT_SPEC_FILE, CONTEMPLATOR, END_HEAD
     from rlcomp.learner import LearnerGroup
-    from rlcomp.losses.ccot import contemplate_batch
+    from rlcomp.losses.ccot import contemplate_batch, gold_batch
     from rlcomp.models import load_tokenizer
     from rlcomp.prompts import PromptRenderer
 
@@ -331,6 +346,18 @@ def run(cfg: Config, run, model: str | None) -> str:
         for part, made in zip(parts, group.apply(contemplate_batch, mbs)):
             for b, i in enumerate(part):
                 states[i] = made[b, : window[i]].clone()
+    # How far phi's own contemplation is from the chain's states: the decoder can read only what phi makes.
+    probe, gold = random.Random(run.seed + 1).sample(range(len(rows)), min(256, len(rows))), {}
+    for start in range(0, len(probe), cfg.batch_size):
+        chunk = probe[start : start + cfg.batch_size]
+        parts = deal(chunk + chunk[-1:] * max(0, group.world_size - len(chunk)), group.world_size)
+        mbs = [phi_batch([rows[i] for i in part], 0, layer, pad) for part in parts]
+        for part, made in zip(parts, group.apply(gold_batch, mbs)):
+            for b, i in enumerate(part):
+                gold[i] = made[b, : min(rows[i].k, len(states[i]))]
+    summary["phi_own_nmse"] = own_nmse([states[i][: len(g)] for i, g in gold.items()], list(gold.values()))
+    console.print(f"ccot: phi contemplating on its own, normalised MSE against the gold states at layers 1..{n_layers} "
+                  f"(the mean state: 1), on {len(gold)} training prompts: {summary['phi_own_nmse']}")
     contemplator = run.stage_dir() / CONTEMPLATOR
     group.save_model(contemplator)
     group.shutdown()
