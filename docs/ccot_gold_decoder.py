@@ -21,19 +21,17 @@ from transformers import AutoModelForCausalLM
 
 from rlcomp.data import DataSpec, load_examples
 from rlcomp.latent import layer_inputs, positions
+from rlcomp.losses.ccot import gold_batch
 from rlcomp.models import load_tokenizer
 from rlcomp.prompts import PromptRenderer
 from rlcomp.stages import ccot
 
 
 def gold_states(model, rows, pad: int, layers: int) -> list:
-    """Per row [k, L, D]: the frozen model's inputs of decoder layers 1..L at the row's gold chain positions."""
-    ids, mask = ccot.padded([row.prompt + row.chain for row in rows], pad)
-    with torch.no_grad(), model.disable_adapter():
-        hidden = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True,
-                       use_cache=False).hidden_states
-    stacked = torch.stack(hidden[:layers], 2)
-    return [stacked[b, [len(row.prompt) + p for p in row.spots]] for b, row in enumerate(rows)]
+    """Per row [k, L, D]: the frozen model's inputs of decoder layers 1..L at the row's gold chain positions (the
+    stage's own gold pass, `gold_batch`, psi's LoRA zeroed)."""
+    gold = gold_batch(model, ccot.phi_batch(rows, 0, 0, pad))
+    return [gold[b, : row.k, :layers] for b, row in enumerate(rows)]
 
 
 def answer_logits(model, rows, pad: int, layers: int) -> list:
