@@ -97,9 +97,11 @@ def plain_model(state: dict[str, torch.Tensor], config, lora: LoraConfig | None,
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scale_layer(lora_scale)
-    # safe_merge writes W + delta to new tensors: on one CPU rank the gathered state shares storage with the
-    # live model, and an in-place merge would add the delta to the weights being trained at every export.
-    plain = model.merge_and_unload(safe_merge=True)
+            # On one CPU rank the gathered state shares storage with the live model, and merging writes W + delta
+            # into the base weight (in place even with peft's safe_merge since 0.22): merge into a copy.
+            weight = module.get_base_layer().weight
+            weight.data = weight.data.clone()
+    plain = model.merge_and_unload()
     plain.tie_weights()
     return plain
 
