@@ -144,7 +144,7 @@ def smoke_comparison(raw: dict) -> dict:
         spec.update(split="test", n=8)
     smoke.pop("output_dir", None)
     # A smoke run shows the rows run, not their times: two at once (compare.yaml's smoke on 2 cores: 146 s, against
-    # 173 s with as many at once as fit (4, each learner's threads contending) and 229 s one at a time).
+    # 173 s with as many at once as fit, four there, and 229 s one at a time).
     smoke["max_concurrent"] = 2
     return smoke
 
